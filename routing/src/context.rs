@@ -1,0 +1,395 @@
+//! Reading the routing context of a request: a routing key and/or an
+//! `Overrides` message, from the first configured source that carries one.
+//!
+//! | source              | routing key                        | Overrides (base64 protobuf)      |
+//! |---------------------|------------------------------------|----------------------------------|
+//! | `baggage`           | member `<key>=<pct-encoded>`        | member `<overrides_key>=...`     |
+//! | `ot-baggage`        | header `ot-baggage-<key>`           | header `ot-baggage-<overrides_key>` |
+//! | `uberctx`           | header `uberctx-<key>`              | header `uberctx-<overrides_key>` |
+//! | `tracestate`        | member `<key>=...` (valid `traceparent` only) | -                     |
+//! | `x-ot-span-context` | baggage item `<key>`                | baggage item `<overrides_key>`   |
+//!
+//! Sources are tried in the configured order and the first that carries any
+//! of our keys decides alone; a later source is never mixed in. Within a
+//! source, `key` names are tried in configured order (the first is the
+//! canonical name, the rest aliases such as Signadot's `sd-routing-key`).
+//! The same name given twice with different values is ambiguous: malformed.
+
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use prost::Message as _;
+use sandbox_router_proto::lightstep::BinaryCarrier;
+use sandbox_router_proto::v1::Overrides;
+use serde::Deserialize;
+
+use crate::baggage;
+use crate::key::is_valid_routing_key;
+use crate::percent::decode_strict;
+use crate::tracecontext::{self, TracestateMember};
+
+/// Header Envoy's ORIGINAL_DST cluster reads the upstream address from.
+pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
+/// Longest `x-ot-span-context` value decoded.
+pub const MAX_SPAN_CONTEXT_LEN: usize = 8192;
+/// Longest base64 `Overrides` value decoded, and most entries honoured.
+pub const MAX_OVERRIDES_LEN: usize = 4096;
+pub const MAX_OVERRIDES_ENTRIES: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Baggage,
+    OtBaggage,
+    Uberctx,
+    Tracestate,
+    XOtSpanContext,
+}
+
+impl Source {
+    /// Default precedence: the W3C standard first, then the OpenTracing-era
+    /// formats, the binary carrier last (costliest to decode).
+    pub const DEFAULT_ORDER: [Source; 5] = [
+        Source::Baggage,
+        Source::OtBaggage,
+        Source::Uberctx,
+        Source::Tracestate,
+        Source::XOtSpanContext,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Baggage => "baggage",
+            Source::OtBaggage => "ot-baggage",
+            Source::Uberctx => "uberctx",
+            Source::Tracestate => "tracestate",
+            Source::XOtSpanContext => "x-ot-span-context",
+        }
+    }
+}
+
+/// Compiled context settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextConfig {
+    /// Routing key names, canonical first.
+    pub keys: Vec<String>,
+    /// Name of the item carrying a base64 `Overrides`; `None` disables Overrides.
+    pub overrides_key: Option<String>,
+    pub sources: Vec<Source>,
+}
+
+/// Which of our names a prefixed header (`ot-baggage-*`, `uberctx-*`) carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Index into `ContextConfig::keys`.
+    Key(usize),
+    Overrides,
+}
+
+/// The headers of one request that routing looks at, borrowed from the
+/// request's header map in one pass. Empty `Vec`s do not allocate, so a
+/// request without routing context costs one scan and no allocation here.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHeaders<'a> {
+    pub authority: Option<&'a [u8]>,
+    /// The client sent `x-envoy-original-dst-host` or the marker header.
+    pub internal_headers: bool,
+    baggage: Vec<&'a [u8]>,
+    ot_baggage: Vec<(Slot, &'a [u8])>,
+    uberctx: Vec<(Slot, &'a [u8])>,
+    traceparent: Vec<&'a [u8]>,
+    tracestate: Vec<&'a [u8]>,
+    ot_span_context: Vec<&'a [u8]>,
+}
+
+/// What a request's headers say, before the table is consulted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoutingContext {
+    /// No enabled source carries any of our names.
+    None,
+    Found {
+        source: Source,
+        key: Option<String>,
+        overrides: Option<Overrides>,
+    },
+    /// The deciding source carries our name but its value cannot be used.
+    Malformed { source: Source, why: &'static str },
+}
+
+/// The routing context plus what was ignored on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Extracted {
+    pub context: RoutingContext,
+    /// Baggage went past the W3C limits (64 members / 8192 bytes); members
+    /// beyond them were not read.
+    pub baggage_over_limit: bool,
+}
+
+impl ContextConfig {
+    /// Sorts the request's headers into what routing needs. `marker` is the
+    /// filter's internal marker header name. Header names must be lowercase
+    /// (Envoy's header maps are).
+    pub fn scan<'a, I>(&self, marker: &str, headers: I) -> RequestHeaders<'a>
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+    {
+        let mut seen = RequestHeaders::default();
+        for (name, value) in headers {
+            match name {
+                ":authority" => seen.authority = Some(value),
+                "baggage" => seen.baggage.push(value),
+                "traceparent" => seen.traceparent.push(value),
+                "tracestate" => seen.tracestate.push(value),
+                "x-ot-span-context" => seen.ot_span_context.push(value),
+                ORIGINAL_DST_HEADER => seen.internal_headers = true,
+                _ if name == marker => seen.internal_headers = true,
+                _ => {
+                    if let Some(rest) = name.strip_prefix("ot-baggage-") {
+                        if let Some(slot) = self.slot(rest) {
+                            seen.ot_baggage.push((slot, value));
+                        }
+                    } else if let Some(rest) = name.strip_prefix("uberctx-") {
+                        if let Some(slot) = self.slot(rest) {
+                            seen.uberctx.push((slot, value));
+                        }
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    fn slot(&self, name: &str) -> Option<Slot> {
+        if let Some(i) = self.keys.iter().position(|k| k == name) {
+            return Some(Slot::Key(i));
+        }
+        (self.overrides_key.as_deref() == Some(name)).then_some(Slot::Overrides)
+    }
+
+    /// Reads the routing context from the scanned headers.
+    pub fn extract(&self, headers: &RequestHeaders<'_>) -> Extracted {
+        let mut baggage_over_limit = false;
+        for source in &self.sources {
+            let source = *source;
+            let found = match source {
+                Source::Baggage => {
+                    let (found, over) = self.from_baggage(&headers.baggage);
+                    baggage_over_limit = over;
+                    found
+                }
+                Source::OtBaggage => self.from_prefixed(&headers.ot_baggage),
+                Source::Uberctx => self.from_prefixed(&headers.uberctx),
+                Source::Tracestate => self.from_tracestate(headers),
+                Source::XOtSpanContext => self.from_span_context(&headers.ot_span_context),
+            };
+            let context = match found {
+                Ok(None) => continue,
+                Ok(Some(raw)) => match raw.decode() {
+                    Ok((key, overrides)) => RoutingContext::Found {
+                        source,
+                        key,
+                        overrides,
+                    },
+                    Err(why) => RoutingContext::Malformed { source, why },
+                },
+                Err(why) => RoutingContext::Malformed { source, why },
+            };
+            return Extracted {
+                context,
+                baggage_over_limit,
+            };
+        }
+        Extracted {
+            context: RoutingContext::None,
+            baggage_over_limit,
+        }
+    }
+
+    fn from_baggage<'h>(&self, lines: &[&'h [u8]]) -> (Result<Option<RawContext<'h>>, &'static str>, bool) {
+        if lines.is_empty() {
+            return (Ok(None), false);
+        }
+        let mut found = Candidates::new(Encoding::Percent);
+        let mut members = baggage::Members::new(lines);
+        for member in members.by_ref() {
+            let Ok(name) = std::str::from_utf8(member.key) else {
+                continue;
+            };
+            let Some(slot) = self.slot(name) else { continue };
+            let offered = match member.value {
+                Some(value) => found.offer(slot, Cow::Borrowed(value)),
+                None => Err("baggage member value breaks the W3C grammar"),
+            };
+            if let Err(why) = offered {
+                return (Err(why), members.over_limit());
+            }
+        }
+        (Ok(found.finish()), members.over_limit())
+    }
+
+    fn from_prefixed<'h>(&self, headers: &[(Slot, &'h [u8])]) -> Result<Option<RawContext<'h>>, &'static str> {
+        let mut found = Candidates::new(Encoding::Percent);
+        for (slot, value) in headers {
+            found.offer(*slot, Cow::Borrowed(*value))?;
+        }
+        Ok(found.finish())
+    }
+
+    fn from_tracestate<'h>(&self, headers: &RequestHeaders<'h>) -> Result<Option<RawContext<'h>>, &'static str> {
+        if headers.tracestate.is_empty() || !tracecontext::is_valid_traceparent(&headers.traceparent) {
+            return Ok(None);
+        }
+        let mut found = Candidates::new(Encoding::Raw);
+        for (i, key) in self.keys.iter().enumerate() {
+            match tracecontext::tracestate_member(&headers.tracestate, key.as_bytes()) {
+                TracestateMember::Absent => {}
+                TracestateMember::Value(value) => found.offer(Slot::Key(i), Cow::Borrowed(value))?,
+                TracestateMember::Invalid => return Err("tracestate member repeated or invalid"),
+            }
+        }
+        Ok(found.finish())
+    }
+
+    fn from_span_context(&self, lines: &[&[u8]]) -> Result<Option<RawContext<'static>>, &'static str> {
+        let Some(first) = lines.first() else {
+            return Ok(None);
+        };
+        if lines.iter().any(|line| line != first) {
+            return Err("several different x-ot-span-context headers");
+        }
+        if first.len() > MAX_SPAN_CONTEXT_LEN {
+            return Err("x-ot-span-context longer than 8192 bytes");
+        }
+        let bytes = decode_base64(first).ok_or("x-ot-span-context is not base64")?;
+        let carrier = BinaryCarrier::decode(bytes.as_slice())
+            .map_err(|_| "x-ot-span-context is not a BinaryCarrier protobuf")?;
+        let Some(ctx) = carrier.basic_ctx else {
+            return Ok(None);
+        };
+        let mut found = Candidates::new(Encoding::Raw);
+        for (name, value) in ctx.baggage_items {
+            if let Some(slot) = self.slot(&name) {
+                found.offer(slot, Cow::Owned(value.into_bytes()))?;
+            }
+        }
+        Ok(found.finish())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// Values are percent-encoded (W3C baggage, `ot-baggage-*`, `uberctx-*`).
+    Percent,
+    /// Values are used as they are.
+    Raw,
+}
+
+/// Values found in one source, not yet decoded.
+#[derive(Debug)]
+struct RawContext<'a> {
+    encoding: Encoding,
+    key: Option<Cow<'a, [u8]>>,
+    overrides: Option<Cow<'a, [u8]>>,
+}
+
+/// Collects one source's values; the lowest key index wins, a name seen twice
+/// with different values is an error.
+struct Candidates<'a> {
+    encoding: Encoding,
+    key: Option<(usize, Cow<'a, [u8]>)>,
+    overrides: Option<Cow<'a, [u8]>>,
+}
+
+impl<'a> Candidates<'a> {
+    fn new(encoding: Encoding) -> Self {
+        Candidates {
+            encoding,
+            key: None,
+            overrides: None,
+        }
+    }
+
+    fn offer(&mut self, slot: Slot, value: Cow<'a, [u8]>) -> Result<(), &'static str> {
+        match slot {
+            Slot::Key(i) => match &self.key {
+                Some((seen, old)) if *seen == i && *old != value => {
+                    return Err("routing key given twice with different values")
+                }
+                Some((seen, _)) if *seen <= i => {}
+                _ => self.key = Some((i, value)),
+            },
+            Slot::Overrides => match &self.overrides {
+                Some(old) if *old != value => return Err("overrides given twice with different values"),
+                _ => self.overrides = Some(value),
+            },
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Option<RawContext<'a>> {
+        if self.key.is_none() && self.overrides.is_none() {
+            return None;
+        }
+        Some(RawContext {
+            encoding: self.encoding,
+            key: self.key.map(|(_, v)| v),
+            overrides: self.overrides,
+        })
+    }
+}
+
+impl RawContext<'_> {
+    fn decode(self) -> Result<(Option<String>, Option<Overrides>), &'static str> {
+        let key = match self.key {
+            Some(raw) => Some(self.encoding.decode_key(&raw)?),
+            None => None,
+        };
+        let overrides = match self.overrides {
+            Some(raw) => Some(self.encoding.decode_overrides(&raw)?),
+            None => None,
+        };
+        Ok((key, overrides))
+    }
+}
+
+impl Encoding {
+    fn unescape<'v>(self, raw: &'v [u8]) -> Result<Cow<'v, [u8]>, &'static str> {
+        match self {
+            Encoding::Percent => decode_strict(raw).ok_or("invalid percent-encoding"),
+            Encoding::Raw => Ok(Cow::Borrowed(raw)),
+        }
+    }
+
+    fn decode_key(self, raw: &[u8]) -> Result<String, &'static str> {
+        let key = self.unescape(raw)?;
+        if !is_valid_routing_key(&key) {
+            return Err("routing key is not 1-64 characters of A-Z a-z 0-9 - _");
+        }
+        // Valid routing keys are ASCII.
+        String::from_utf8(key.into_owned()).map_err(|_| "routing key is not ASCII")
+    }
+
+    fn decode_overrides(self, raw: &[u8]) -> Result<Overrides, &'static str> {
+        if raw.len() > MAX_OVERRIDES_LEN {
+            return Err("overrides longer than 4096 bytes");
+        }
+        let text = self.unescape(raw)?;
+        let bytes = decode_base64(&text).ok_or("overrides are not base64")?;
+        let overrides = Overrides::decode(bytes.as_slice()).map_err(|_| "overrides are not an Overrides protobuf")?;
+        if overrides.overrides.len() > MAX_OVERRIDES_ENTRIES {
+            return Err("more than 64 overrides");
+        }
+        Ok(overrides)
+    }
+}
+
+/// Base64 as tracers write it: standard or URL-safe alphabet, padded or not.
+pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    const CONFIG: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
+    STANDARD.decode(text).or_else(|_| URL_SAFE.decode(text)).ok()
+}

@@ -1,0 +1,203 @@
+//! Pure routing logic of sandbox-router, shared by the proxy-wasm filter and
+//! the control service / CLI. No `proxy-wasm` here: everything runs natively
+//! under `cargo test`.
+//!
+//! Flow for one request (see [`Settings::route`]):
+//! 1. [`ContextConfig::scan`] sorts the request headers in one pass;
+//! 2. [`ContextConfig::extract`] reads the routing context (key / Overrides);
+//! 3. only if there is one: name the destination service ([`Destination`])
+//!    and [`decide`] against the table ([`RouteLookup`]).
+
+#![forbid(unsafe_code)]
+#![deny(clippy::indexing_slicing)]
+
+pub mod baggage;
+pub mod context;
+pub mod decision;
+pub mod destination;
+pub mod error;
+pub mod key;
+pub mod percent;
+pub mod table;
+pub mod tracecontext;
+
+use serde::Deserialize;
+
+pub use context::{ContextConfig, Extracted, RequestHeaders, RoutingContext, Source, ORIGINAL_DST_HEADER};
+pub use decision::{decide, BaselineReason, Decision};
+pub use destination::{Destination, DestinationFrom, DestinationSpec};
+pub use error::ConfigError;
+pub use table::{ForkLookup, RouteLookup, RoutingTable, TableSpec};
+
+/// Default routing key name (baggage key, `ot-baggage-`/`uberctx-` suffix, tracestate key).
+pub const DEFAULT_KEY: &str = "sandbox-routing-key";
+/// Default name of the item carrying a base64 `Overrides` protobuf.
+pub const DEFAULT_OVERRIDES_KEY: &str = "sandbox-overrides";
+/// Default marker header: set with `x-envoy-original-dst-host` on a hit; the
+/// Envoy route that matches it sends the request to the ORIGINAL_DST cluster.
+pub const DEFAULT_MARKER_HEADER: &str = "x-sandbox-router-route";
+/// Response header carrying the decision when `debug_header` is on.
+pub const DEBUG_HEADER: &str = "x-sandbox-router-decision";
+/// Most routing key names (canonical + aliases).
+pub const MAX_KEYS: usize = 8;
+
+/// The filter's plugin configuration, as JSON. Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Routing key names, canonical first, then aliases (e.g. `sd-routing-key`).
+    pub keys: Option<Vec<String>>,
+    /// Item name for base64 `Overrides`; `""` disables Overrides.
+    pub overrides_key: Option<String>,
+    /// Enabled sources in precedence order.
+    pub sources: Option<Vec<Source>>,
+    #[serde(default)]
+    pub destination: DestinationSpec,
+    pub marker_header: Option<String>,
+    /// Add `x-sandbox-router-decision` to responses (off by default: it tells
+    /// a caller how the mesh routed).
+    #[serde(default)]
+    pub debug_header: bool,
+    /// A static routing table (until the control service pushes one).
+    #[serde(default)]
+    pub table: TableSpec,
+}
+
+/// Compiled, validated filter settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub context: ContextConfig,
+    pub destination: Destination,
+    pub marker_header: String,
+    pub debug_header: bool,
+    pub table: RoutingTable,
+}
+
+/// Result of routing one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub extracted: Extracted,
+    /// The destination service, when it was needed and could be named.
+    pub service: Option<String>,
+}
+
+impl Settings {
+    /// Parses and compiles the JSON plugin configuration. Empty input gives
+    /// the defaults with an empty table.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let spec: ConfigSpec = if bytes.iter().all(u8::is_ascii_whitespace) {
+            ConfigSpec::default()
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("configuration", e.to_string()))?
+        };
+        Self::compile(spec)
+    }
+
+    pub fn compile(spec: ConfigSpec) -> Result<Self, ConfigError> {
+        let keys = spec.keys.unwrap_or_else(|| vec![DEFAULT_KEY.to_owned()]);
+        if keys.is_empty() || keys.len() > MAX_KEYS {
+            return Err(ConfigError::new("keys", "must list 1 to 8 names"));
+        }
+        for (i, name) in keys.iter().enumerate() {
+            check_name(&format!("keys[{i}]"), name)?;
+            if keys.iter().take(i).any(|k| k == name) {
+                return Err(ConfigError::new(format!("keys[{i}]"), "duplicate name"));
+            }
+        }
+        let overrides_key = match spec.overrides_key {
+            None => Some(DEFAULT_OVERRIDES_KEY.to_owned()),
+            Some(name) if name.is_empty() => None,
+            Some(name) => {
+                check_name("overrides_key", &name)?;
+                if keys.contains(&name) {
+                    return Err(ConfigError::new("overrides_key", "must differ from every routing key name"));
+                }
+                Some(name)
+            }
+        };
+        let sources = spec.sources.unwrap_or_else(|| Source::DEFAULT_ORDER.to_vec());
+        for (i, source) in sources.iter().enumerate() {
+            if sources.iter().take(i).any(|s| s == source) {
+                return Err(ConfigError::new(format!("sources[{i}]"), "duplicate source"));
+            }
+        }
+        let marker_header = spec.marker_header.unwrap_or_else(|| DEFAULT_MARKER_HEADER.to_owned());
+        let reserved = [ORIGINAL_DST_HEADER, DEBUG_HEADER, "baggage", "tracestate", "traceparent"];
+        if !is_header_name(&marker_header) || reserved.contains(&marker_header.as_str()) {
+            return Err(ConfigError::new(
+                "marker_header",
+                "must be a lowercase header name (a-z 0-9 -) of its own",
+            ));
+        }
+        let table = RoutingTable::compile(&spec.table.into(), "table")?;
+        Ok(Settings {
+            context: ContextConfig {
+                keys,
+                overrides_key,
+                sources,
+            },
+            destination: Destination::compile(spec.destination)?,
+            marker_header,
+            debug_header: spec.debug_header,
+            table,
+        })
+    }
+
+    /// Sorts a request's headers (lowercase names) into what routing needs.
+    pub fn scan<'a, I>(&self, headers: I) -> RequestHeaders<'a>
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+    {
+        self.context.scan(&self.marker_header, headers)
+    }
+
+    /// Routes one request. `cluster_name` is asked only when the destination
+    /// comes from the cluster name and the request has routing context; the
+    /// table is consulted only then too.
+    pub fn route(
+        &self,
+        headers: &RequestHeaders<'_>,
+        cluster_name: impl FnOnce() -> Option<Vec<u8>>,
+        table: &impl RouteLookup,
+        pick: usize,
+    ) -> Outcome {
+        let extracted = self.context.extract(headers);
+        if !matches!(extracted.context, RoutingContext::Found { .. }) {
+            let decision = decide(&extracted.context, None, table, pick);
+            return Outcome {
+                decision,
+                extracted,
+                service: None,
+            };
+        }
+        let service = match self.destination.from {
+            DestinationFrom::Authority => headers.authority.and_then(|a| self.destination.service(a)),
+            DestinationFrom::ClusterName => cluster_name().and_then(|c| self.destination.service(&c)),
+        };
+        let decision = decide(&extracted.context, service.as_deref(), table, pick);
+        Outcome {
+            decision,
+            extracted,
+            service,
+        }
+    }
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if key::is_valid_context_key_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            "must start with a-z and hold only a-z 0-9 - _ (at most 200 characters)",
+        ))
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
