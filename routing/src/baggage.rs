@@ -144,9 +144,8 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// RFC 7230 `token`.
 fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
-        && s.iter().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b)
-        })
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
 fn is_baggage_octet(b: u8) -> bool {
@@ -190,7 +189,10 @@ mod tests {
 
     #[test]
     fn empty_elements_are_ignored() {
-        assert_eq!(members(&[b",a=1,, ,b=2,"]), vec![kv("a", "1"), kv("b", "2")]);
+        assert_eq!(
+            members(&[b",a=1,, ,b=2,"]),
+            vec![kv("a", "1"), kv("b", "2")]
+        );
     }
 
     #[test]

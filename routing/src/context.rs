@@ -207,7 +207,10 @@ impl ContextConfig {
         }
     }
 
-    fn from_baggage<'h>(&self, lines: &[&'h [u8]]) -> (Result<Option<RawContext<'h>>, &'static str>, bool) {
+    fn from_baggage<'h>(
+        &self,
+        lines: &[&'h [u8]],
+    ) -> (Result<Option<RawContext<'h>>, &'static str>, bool) {
         if lines.is_empty() {
             return (Ok(None), false);
         }
@@ -217,7 +220,9 @@ impl ContextConfig {
             let Ok(name) = std::str::from_utf8(member.key) else {
                 continue;
             };
-            let Some(slot) = self.slot(name) else { continue };
+            let Some(slot) = self.slot(name) else {
+                continue;
+            };
             let offered = match member.value {
                 Some(value) => found.offer(slot, Cow::Borrowed(value)),
                 None => Err("baggage member value breaks the W3C grammar"),
@@ -229,7 +234,10 @@ impl ContextConfig {
         (Ok(found.finish()), members.over_limit())
     }
 
-    fn from_prefixed<'h>(&self, headers: &[(Slot, &'h [u8])]) -> Result<Option<RawContext<'h>>, &'static str> {
+    fn from_prefixed<'h>(
+        &self,
+        headers: &[(Slot, &'h [u8])],
+    ) -> Result<Option<RawContext<'h>>, &'static str> {
         let mut found = Candidates::new(Encoding::Percent);
         for (slot, value) in headers {
             found.offer(*slot, Cow::Borrowed(*value))?;
@@ -237,22 +245,32 @@ impl ContextConfig {
         Ok(found.finish())
     }
 
-    fn from_tracestate<'h>(&self, headers: &RequestHeaders<'h>) -> Result<Option<RawContext<'h>>, &'static str> {
-        if headers.tracestate.is_empty() || !tracecontext::is_valid_traceparent(&headers.traceparent) {
+    fn from_tracestate<'h>(
+        &self,
+        headers: &RequestHeaders<'h>,
+    ) -> Result<Option<RawContext<'h>>, &'static str> {
+        if headers.tracestate.is_empty()
+            || !tracecontext::is_valid_traceparent(&headers.traceparent)
+        {
             return Ok(None);
         }
         let mut found = Candidates::new(Encoding::Raw);
         for (i, key) in self.keys.iter().enumerate() {
             match tracecontext::tracestate_member(&headers.tracestate, key.as_bytes()) {
                 TracestateMember::Absent => {}
-                TracestateMember::Value(value) => found.offer(Slot::Key(i), Cow::Borrowed(value))?,
+                TracestateMember::Value(value) => {
+                    found.offer(Slot::Key(i), Cow::Borrowed(value))?
+                }
                 TracestateMember::Invalid => return Err("tracestate member repeated or invalid"),
             }
         }
         Ok(found.finish())
     }
 
-    fn from_span_context(&self, lines: &[&[u8]]) -> Result<Option<RawContext<'static>>, &'static str> {
+    fn from_span_context(
+        &self,
+        lines: &[&[u8]],
+    ) -> Result<Option<RawContext<'static>>, &'static str> {
         let Some(first) = lines.first() else {
             return Ok(None);
         };
@@ -321,7 +339,9 @@ impl<'a> Candidates<'a> {
                 _ => self.key = Some((i, value)),
             },
             Slot::Overrides => match &self.overrides {
-                Some(old) if *old != value => return Err("overrides given twice with different values"),
+                Some(old) if *old != value => {
+                    return Err("overrides given twice with different values")
+                }
                 _ => self.overrides = Some(value),
             },
         }
@@ -377,7 +397,8 @@ impl Encoding {
         }
         let text = self.unescape(raw)?;
         let bytes = decode_base64(&text).ok_or("overrides are not base64")?;
-        let overrides = Overrides::decode(bytes.as_slice()).map_err(|_| "overrides are not an Overrides protobuf")?;
+        let overrides = Overrides::decode(bytes.as_slice())
+            .map_err(|_| "overrides are not an Overrides protobuf")?;
         if overrides.overrides.len() > MAX_OVERRIDES_ENTRIES {
             return Err("more than 64 overrides");
         }
@@ -391,5 +412,8 @@ pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
     const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
-    STANDARD.decode(text).or_else(|_| URL_SAFE.decode(text)).ok()
+    STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .ok()
 }

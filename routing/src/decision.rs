@@ -64,7 +64,12 @@ pub enum Decision {
 
 /// Decides where a request for `service` goes. `pick` chooses among several
 /// endpoints of a fork (the filter passes a per-worker counter: round robin).
-pub fn decide(context: &RoutingContext, service: Option<&str>, table: &impl RouteLookup, pick: usize) -> Decision {
+pub fn decide(
+    context: &RoutingContext,
+    service: Option<&str>,
+    table: &impl RouteLookup,
+    pick: usize,
+) -> Decision {
     let (key, overrides) = match context {
         RoutingContext::None => return Decision::Baseline(BaselineReason::NoContext),
         RoutingContext::Malformed { .. } => return Decision::Baseline(BaselineReason::Malformed),
@@ -97,9 +102,16 @@ fn route_by_key(key: &str, service: &str, table: &impl RouteLookup, pick: usize)
     }
 }
 
-fn decide_override(entry: &Override, service: &str, table: &impl RouteLookup, pick: usize) -> Decision {
+fn decide_override(
+    entry: &Override,
+    service: &str,
+    table: &impl RouteLookup,
+    pick: usize,
+) -> Decision {
     let key: Option<Cow<'_, str>> = match &entry.target {
-        Some(Target::RoutingKey(key)) if is_valid_routing_key(key.as_bytes()) => Some(Cow::Borrowed(key)),
+        Some(Target::RoutingKey(key)) if is_valid_routing_key(key.as_bytes()) => {
+            Some(Cow::Borrowed(key))
+        }
         Some(Target::RoutingKey(_)) => return Decision::Baseline(BaselineReason::Malformed),
         Some(Target::Sandbox(name)) => match table.routing_key_of(name) {
             Some(key) => Some(key),

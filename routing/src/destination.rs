@@ -86,7 +86,9 @@ fn strip_port(authority: &[u8]) -> Option<&[u8]> {
         return rest.get(..close);
     }
     match authority.iter().rposition(|b| *b == b':') {
-        Some(colon) if authority.get(colon + 1..)?.iter().all(u8::is_ascii_digit) => authority.get(..colon),
+        Some(colon) if authority.get(colon + 1..)?.iter().all(u8::is_ascii_digit) => {
+            authority.get(..colon)
+        }
         _ => Some(authority),
     }
 }
@@ -105,13 +107,26 @@ mod tests {
 
     #[test]
     fn from_authority() {
-        let d = dest(DestinationFrom::Authority, &[".default.svc.cluster.local", ".svc.cluster.local"]);
+        let d = dest(
+            DestinationFrom::Authority,
+            &[".default.svc.cluster.local", ".svc.cluster.local"],
+        );
         assert_eq!(d.service(b"backend").as_deref(), Some("backend"));
         assert_eq!(d.service(b"Backend:8080").as_deref(), Some("backend"));
-        assert_eq!(d.service(b"backend.default.svc.cluster.local:80").as_deref(), Some("backend"));
-        assert_eq!(d.service(b"backend.other.svc.cluster.local.").as_deref(), Some("backend.other"));
+        assert_eq!(
+            d.service(b"backend.default.svc.cluster.local:80")
+                .as_deref(),
+            Some("backend")
+        );
+        assert_eq!(
+            d.service(b"backend.other.svc.cluster.local.").as_deref(),
+            Some("backend.other")
+        );
         // A host that is only the suffix is not stripped to nothing.
-        assert_eq!(d.service(b"svc.cluster.local").as_deref(), Some("svc.cluster.local"));
+        assert_eq!(
+            d.service(b"svc.cluster.local").as_deref(),
+            Some("svc.cluster.local")
+        );
         assert_eq!(d.service(b".svc.cluster.local").as_deref(), None);
         assert_eq!(d.service(b"[::1]:80").as_deref(), None);
         assert_eq!(d.service(b"10.0.0.1:80").as_deref(), Some("10.0.0.1"));
@@ -122,9 +137,13 @@ mod tests {
 
     #[test]
     fn from_cluster_name() {
-        let d = dest(DestinationFrom::ClusterName, &[".default.svc.cluster.local"]);
+        let d = dest(
+            DestinationFrom::ClusterName,
+            &[".default.svc.cluster.local"],
+        );
         assert_eq!(
-            d.service(b"outbound|8080||backend.default.svc.cluster.local").as_deref(),
+            d.service(b"outbound|8080||backend.default.svc.cluster.local")
+                .as_deref(),
             Some("backend")
         );
         assert_eq!(d.service(b"backend").as_deref(), Some("backend"));
@@ -137,6 +156,9 @@ mod tests {
             from: DestinationFrom::Authority,
             strip_suffixes: vec![".ok".into(), "no-dot".into()],
         };
-        assert_eq!(Destination::compile(spec).unwrap_err().field, "destination.strip_suffixes[1]");
+        assert_eq!(
+            Destination::compile(spec).unwrap_err().field,
+            "destination.strip_suffixes[1]"
+        );
     }
 }

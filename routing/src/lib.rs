@@ -17,13 +17,16 @@ pub mod decision;
 pub mod destination;
 pub mod error;
 pub mod key;
+pub mod mint;
 pub mod percent;
 pub mod table;
 pub mod tracecontext;
 
 use serde::Deserialize;
 
-pub use context::{ContextConfig, Extracted, RequestHeaders, RoutingContext, Source, ORIGINAL_DST_HEADER};
+pub use context::{
+    ContextConfig, Extracted, RequestHeaders, RoutingContext, Source, ORIGINAL_DST_HEADER,
+};
 pub use decision::{decide, BaselineReason, Decision};
 pub use destination::{Destination, DestinationFrom, DestinationSpec};
 pub use error::ConfigError;
@@ -89,7 +92,8 @@ impl Settings {
         let spec: ConfigSpec = if bytes.iter().all(u8::is_ascii_whitespace) {
             ConfigSpec::default()
         } else {
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("configuration", e.to_string()))?
+            serde_json::from_slice(bytes)
+                .map_err(|e| ConfigError::new("configuration", e.to_string()))?
         };
         Self::compile(spec)
     }
@@ -111,19 +115,35 @@ impl Settings {
             Some(name) => {
                 check_name("overrides_key", &name)?;
                 if keys.contains(&name) {
-                    return Err(ConfigError::new("overrides_key", "must differ from every routing key name"));
+                    return Err(ConfigError::new(
+                        "overrides_key",
+                        "must differ from every routing key name",
+                    ));
                 }
                 Some(name)
             }
         };
-        let sources = spec.sources.unwrap_or_else(|| Source::DEFAULT_ORDER.to_vec());
+        let sources = spec
+            .sources
+            .unwrap_or_else(|| Source::DEFAULT_ORDER.to_vec());
         for (i, source) in sources.iter().enumerate() {
             if sources.iter().take(i).any(|s| s == source) {
-                return Err(ConfigError::new(format!("sources[{i}]"), "duplicate source"));
+                return Err(ConfigError::new(
+                    format!("sources[{i}]"),
+                    "duplicate source",
+                ));
             }
         }
-        let marker_header = spec.marker_header.unwrap_or_else(|| DEFAULT_MARKER_HEADER.to_owned());
-        let reserved = [ORIGINAL_DST_HEADER, DEBUG_HEADER, "baggage", "tracestate", "traceparent"];
+        let marker_header = spec
+            .marker_header
+            .unwrap_or_else(|| DEFAULT_MARKER_HEADER.to_owned());
+        let reserved = [
+            ORIGINAL_DST_HEADER,
+            DEBUG_HEADER,
+            "baggage",
+            "tracestate",
+            "traceparent",
+        ];
         if !is_header_name(&marker_header) || reserved.contains(&marker_header.as_str()) {
             return Err(ConfigError::new(
                 "marker_header",
@@ -172,8 +192,12 @@ impl Settings {
             };
         }
         let service = match self.destination.from {
-            DestinationFrom::Authority => headers.authority.and_then(|a| self.destination.service(a)),
-            DestinationFrom::ClusterName => cluster_name().and_then(|c| self.destination.service(&c)),
+            DestinationFrom::Authority => {
+                headers.authority.and_then(|a| self.destination.service(a))
+            }
+            DestinationFrom::ClusterName => {
+                cluster_name().and_then(|c| self.destination.service(&c))
+            }
         };
         let decision = decide(&extracted.context, service.as_deref(), table, pick);
         Outcome {

@@ -35,7 +35,12 @@ mod tests {
     #[test]
     fn rejects_malformed_escapes() {
         for bad in [&b"%"[..], b"%2", b"%zz", b"a%g1", b"ok%2Cthen%"] {
-            assert_eq!(decode_strict(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                decode_strict(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -81,7 +81,10 @@ impl RoutingTable {
                 ));
             }
             if compiled.by_key.contains_key(&entry.routing_key) {
-                return Err(ConfigError::new(format!("{at}.routing_key"), "duplicate routing key"));
+                return Err(ConfigError::new(
+                    format!("{at}.routing_key"),
+                    "duplicate routing key",
+                ));
             }
             if !entry.sandbox.is_empty() {
                 if !is_valid_service_name(&entry.sandbox) {
@@ -95,7 +98,10 @@ impl RoutingTable {
                     .insert(entry.sandbox.clone(), entry.routing_key.clone())
                     .is_some()
                 {
-                    return Err(ConfigError::new(format!("{at}.sandbox"), "duplicate sandbox name"));
+                    return Err(ConfigError::new(
+                        format!("{at}.sandbox"),
+                        "duplicate sandbox name",
+                    ));
                 }
             }
             let mut key_entry = KeyEntry::default();
@@ -108,7 +114,10 @@ impl RoutingTable {
                     ));
                 }
                 if fork.endpoints.is_empty() {
-                    return Err(ConfigError::new(format!("{at}.endpoints"), "must list at least one IP:PORT"));
+                    return Err(ConfigError::new(
+                        format!("{at}.endpoints"),
+                        "must list at least one IP:PORT",
+                    ));
                 }
                 let mut endpoints = Vec::with_capacity(fork.endpoints.len());
                 for (k, endpoint) in fork.endpoints.iter().enumerate() {
@@ -123,7 +132,11 @@ impl RoutingTable {
                     .entry(fork.service.clone())
                     .or_default()
                     .extend(endpoints.iter().copied());
-                if key_entry.forks.insert(fork.service.clone(), endpoints).is_some() {
+                if key_entry
+                    .forks
+                    .insert(fork.service.clone(), endpoints)
+                    .is_some()
+                {
                     return Err(ConfigError::new(
                         format!("{at}.service"),
                         "service forked twice by the same routing key",
@@ -148,7 +161,9 @@ impl RouteLookup for RoutingTable {
     }
 
     fn routing_key_of(&self, sandbox: &str) -> Option<Cow<'_, str>> {
-        self.key_by_sandbox.get(sandbox).map(|k| Cow::Borrowed(k.as_str()))
+        self.key_by_sandbox
+            .get(sandbox)
+            .map(|k| Cow::Borrowed(k.as_str()))
     }
 
     fn is_registered(&self, service: &str, endpoint: SocketAddr) -> bool {
@@ -166,9 +181,9 @@ pub fn is_valid_service_name(name: &str) -> bool {
     alnum(name.as_bytes().first())
         && alnum(name.as_bytes().last())
         && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_')
+        })
 }
 
 /// An endpoint is a literal `IP:PORT` (`[v6]:PORT` for IPv6): Envoy's
@@ -243,7 +258,10 @@ mod tests {
     use super::*;
 
     fn table(entries: Vec<proto::TableEntry>) -> proto::RoutingTable {
-        proto::RoutingTable { version: 3, entries }
+        proto::RoutingTable {
+            version: 3,
+            entries,
+        }
     }
 
     fn entry(key: &str, sandbox: &str, forks: &[(&str, &[&str])]) -> proto::TableEntry {
@@ -268,7 +286,11 @@ mod tests {
     fn lookups() {
         let t = RoutingTable::compile(
             &table(vec![
-                entry("key-a", "feature-a", &[("backend", &["10.0.0.1:80", "10.0.0.2:80"])]),
+                entry(
+                    "key-a",
+                    "feature-a",
+                    &[("backend", &["10.0.0.1:80", "10.0.0.2:80"])],
+                ),
                 entry("key-b", "", &[("users", &["[fd00::1]:8080"])]),
             ]),
             "table",
@@ -293,11 +315,26 @@ mod tests {
         let cases = [
             (entry("bad key", "", &[]), "table.entries[0].routing_key"),
             (entry("k", "Bad", &[]), "table.entries[0].sandbox"),
-            (entry("k", "", &[("Backend", &["10.0.0.1:80"])]), "table.entries[0].forks[0].service"),
-            (entry("k", "", &[("b", &[])]), "table.entries[0].forks[0].endpoints"),
-            (entry("k", "", &[("b", &["10.0.0.1:80", "backend:80"])]), "table.entries[0].forks[0].endpoints[1]"),
-            (entry("k", "", &[("b", &["10.0.0.1:0"])]), "table.entries[0].forks[0].endpoints[0]"),
-            (entry("k", "", &[("b", &["0.0.0.0:80"])]), "table.entries[0].forks[0].endpoints[0]"),
+            (
+                entry("k", "", &[("Backend", &["10.0.0.1:80"])]),
+                "table.entries[0].forks[0].service",
+            ),
+            (
+                entry("k", "", &[("b", &[])]),
+                "table.entries[0].forks[0].endpoints",
+            ),
+            (
+                entry("k", "", &[("b", &["10.0.0.1:80", "backend:80"])]),
+                "table.entries[0].forks[0].endpoints[1]",
+            ),
+            (
+                entry("k", "", &[("b", &["10.0.0.1:0"])]),
+                "table.entries[0].forks[0].endpoints[0]",
+            ),
+            (
+                entry("k", "", &[("b", &["0.0.0.0:80"])]),
+                "table.entries[0].forks[0].endpoints[0]",
+            ),
             (
                 entry("k", "", &[("b", &["10.0.0.1:80"]), ("b", &["10.0.0.2:80"])]),
                 "table.entries[0].forks[1].service",
@@ -308,8 +345,14 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
         }
         let dup_key = table(vec![entry("k", "", &[]), entry("k", "", &[])]);
-        assert_eq!(RoutingTable::compile(&dup_key, "t").unwrap_err().field, "t.entries[1].routing_key");
+        assert_eq!(
+            RoutingTable::compile(&dup_key, "t").unwrap_err().field,
+            "t.entries[1].routing_key"
+        );
         let dup_name = table(vec![entry("k1", "s", &[]), entry("k2", "s", &[])]);
-        assert_eq!(RoutingTable::compile(&dup_name, "t").unwrap_err().field, "t.entries[1].sandbox");
+        assert_eq!(
+            RoutingTable::compile(&dup_name, "t").unwrap_err().field,
+            "t.entries[1].sandbox"
+        );
     }
 }

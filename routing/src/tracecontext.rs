@@ -81,8 +81,7 @@ fn is_tracestate_value(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 256
         && v.last() != Some(&b' ')
-        && v
-            .iter()
+        && v.iter()
             .all(|b| matches!(b, 0x20..=0x2B | 0x2D..=0x3C | 0x3E..=0x7E))
 }
 
@@ -107,14 +106,30 @@ mod tests {
         assert!(is_valid_traceparent(&[VALID]));
         assert!(!is_valid_traceparent(&[]));
         assert!(!is_valid_traceparent(&[VALID, VALID]));
-        assert!(!is_valid_traceparent(&[b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"]));
-        assert!(!is_valid_traceparent(&[b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"]));
-        assert!(!is_valid_traceparent(&[b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"]));
-        assert!(!is_valid_traceparent(&[b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]));
-        assert!(!is_valid_traceparent(&[b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"]));
-        assert!(is_valid_traceparent(&[b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"]));
-        assert!(!is_valid_traceparent(&[b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]));
-        assert!(!is_valid_traceparent(&[b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"]));
+        assert!(!is_valid_traceparent(&[
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ]));
+        assert!(!is_valid_traceparent(&[
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ]));
+        assert!(!is_valid_traceparent(&[
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"
+        ]));
+        assert!(!is_valid_traceparent(&[
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ]));
+        assert!(!is_valid_traceparent(&[
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"
+        ]));
+        assert!(is_valid_traceparent(&[
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"
+        ]));
+        assert!(!is_valid_traceparent(&[
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ]));
+        assert!(!is_valid_traceparent(&[
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+        ]));
     }
 
     #[test]
@@ -128,7 +143,10 @@ mod tests {
             tracestate_member(&[b"congo=1", b"sandbox-routing-key=abc"], key),
             TracestateMember::Value(b"abc")
         );
-        assert_eq!(tracestate_member(&[b"congo=1"], key), TracestateMember::Absent);
+        assert_eq!(
+            tracestate_member(&[b"congo=1"], key),
+            TracestateMember::Absent
+        );
         assert_eq!(
             tracestate_member(&[b"sandbox-routing-key=a,sandbox-routing-key=b"], key),
             TracestateMember::Invalid

@@ -1,0 +1,186 @@
+//! A real Envoy process on free ports.
+//!
+//! Ports are never guessed: the config asks for port 0, Envoy writes its
+//! admin address to `--admin-address-path`, and listener addresses are read
+//! back from `/listeners`. `--use-dynamic-base-id` lets many Envoys run at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::poll_until;
+
+pub struct Envoy {
+    child: Child,
+    admin: SocketAddr,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Envoy {
+    /// Starts Envoy on `config` (YAML) and waits until its admin endpoint
+    /// answers and every listener is bound.
+    pub async fn start(config: &str, concurrency: usize) -> Result<Envoy> {
+        let binary = crate::envoy_binary();
+        if !binary.exists() {
+            bail!(
+                "no Envoy at {} (run `make envoy`, or set ENVOY_BIN)",
+                binary.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("sandbox-router-envoy-")
+            .tempdir()?;
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config)?;
+        let admin_path = dir.path().join("admin-address");
+        let log_path = dir.path().join("envoy.log");
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--use-dynamic-base-id")
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .args(["-l", "info", "--concurrency", &concurrency.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let mut envoy = Envoy {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            http,
+        };
+        let admin = poll_until("Envoy's admin address", Duration::from_secs(30), || {
+            let exited = envoy.child.try_wait().ok().flatten();
+            let text = std::fs::read_to_string(&admin_path).ok();
+            async move {
+                if exited.is_some() {
+                    return Some(None);
+                }
+                text.and_then(|t| t.trim().parse::<SocketAddr>().ok())
+                    .map(Some)
+            }
+        })
+        .await
+        .map_err(|e| anyhow!("{e}\n{}", tail(&log_path)))?;
+        envoy.admin =
+            admin.ok_or_else(|| anyhow!("Envoy exited during start-up:\n{}", tail(&log_path)))?;
+        poll_until("Envoy listeners", Duration::from_secs(30), || async {
+            envoy
+                .listeners()
+                .await
+                .ok()
+                .filter(|l| l.values().all(|a| a.port() != 0))
+        })
+        .await?;
+        Ok(envoy)
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("envoy.log")
+    }
+
+    /// The last lines of Envoy's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log_path())
+    }
+
+    /// Bound address of each listener, by name.
+    pub async fn listeners(&self) -> Result<BTreeMap<String, SocketAddr>> {
+        let url = format!("http://{}/listeners?format=json", self.admin);
+        let body: serde_json::Value = self.http.get(url).send().await?.json().await?;
+        let mut out = BTreeMap::new();
+        for listener in body["listener_statuses"].as_array().into_iter().flatten() {
+            let name = listener["name"].as_str().unwrap_or_default().to_owned();
+            let socket = &listener["local_address"]["socket_address"];
+            let ip = socket["address"].as_str().unwrap_or_default();
+            let port = socket["port_value"].as_u64().unwrap_or_default();
+            out.insert(name, format!("{ip}:{port}").parse()?);
+        }
+        Ok(out)
+    }
+
+    pub async fn listener(&self, name: &str) -> Result<SocketAddr> {
+        self.listeners()
+            .await?
+            .remove(name)
+            .ok_or_else(|| anyhow!("Envoy has no listener named {name}"))
+    }
+
+    /// All counters and gauges.
+    pub async fn stats(&self) -> Result<Stats> {
+        let url = format!("http://{}/stats", self.admin);
+        let text = self.http.get(url).send().await?.text().await?;
+        let values = text
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect();
+        Ok(Stats(values))
+    }
+
+    /// Stops Envoy (SIGKILL: tests and the demo own everything it serves).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A snapshot of Envoy's stats.
+#[derive(Debug, Clone, Default)]
+pub struct Stats(pub BTreeMap<String, u64>);
+
+impl Stats {
+    pub fn get(&self, name: &str) -> u64 {
+        self.0.get(name).copied().unwrap_or(0)
+    }
+
+    /// A `wasmcustom.sandbox_router.<name>` counter of the filter.
+    pub fn filter(&self, name: &str) -> u64 {
+        self.get(&format!("wasmcustom.sandbox_router.{name}"))
+    }
+
+    /// The filter counters that changed since `before`, as `name -> delta`.
+    pub fn filter_delta(&self, before: &Stats) -> BTreeMap<String, u64> {
+        self.0
+            .iter()
+            .filter_map(|(name, value)| {
+                let short = name.strip_prefix("wasmcustom.sandbox_router.")?;
+                let delta = value.saturating_sub(before.get(name));
+                (delta > 0).then(|| (short.to_owned(), delta))
+            })
+            .collect()
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}

@@ -1,0 +1,70 @@
+//! Test bed for sandbox-router: real Envoy processes running the built filter,
+//! small echo services standing in for baseline and sandboxed workloads, and
+//! the rendering of the shipped config templates. Used by `integration-tests`
+//! and by `make demo`, so the demo runs exactly what the tests check.
+
+#![forbid(unsafe_code)]
+
+mod echo;
+mod envoy;
+mod render;
+mod sidecar;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use echo::{EchoReply, EchoService};
+pub use envoy::{Envoy, Stats};
+pub use render::render;
+pub use sidecar::{Reply, Sidecar, SidecarOptions};
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// `$ENVOY_BIN`, else the Envoy `make` installs into `.venv`.
+pub fn envoy_binary() -> PathBuf {
+    std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"))
+}
+
+/// `$SANDBOX_ROUTER_WASM`, else the release build `make build` produces.
+pub fn filter_wasm() -> PathBuf {
+    std::env::var_os("SANDBOX_ROUTER_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/wasm32-wasip1/release/sandbox_router_filter.wasm")
+        })
+}
+
+/// A file shipped in `envoy-config/`.
+pub fn shipped_config(name: &str) -> anyhow::Result<String> {
+    let path = workspace_root().join("envoy-config").join(name);
+    std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `deadline`
+/// with `what` in the error. The way to wait in tests: for a condition, never a fixed time.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,175 @@
+//! The shipped sidecar (`envoy-config/sidecar.yaml`) running for real: one
+//! Envoy with the built filter, baseline `backend` and `users` echo services,
+//! and sandboxed echo services the test's table points at.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::{poll_until, render, shipped_config, EchoReply, EchoService, Envoy};
+
+pub struct SidecarOptions {
+    /// Sandboxed workloads to start, as (service, sandbox name).
+    pub sandboxes: Vec<(String, String)>,
+    pub concurrency: usize,
+}
+
+impl Default for SidecarOptions {
+    fn default() -> Self {
+        SidecarOptions {
+            sandboxes: Vec::new(),
+            concurrency: 1,
+        }
+    }
+}
+
+pub struct Sidecar {
+    pub envoy: Envoy,
+    pub backend_baseline: EchoService,
+    pub users_baseline: EchoService,
+    pub sandboxes: Vec<EchoService>,
+    /// The outbound listener.
+    pub listener: SocketAddr,
+    http: reqwest::Client,
+}
+
+/// One answer through the sidecar.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// The echo service's answer, when an echo service answered.
+    pub echo: Option<EchoReply>,
+    /// `x-sandbox-router-decision`, when the debug header is on.
+    pub decision: Option<String>,
+}
+
+impl Reply {
+    /// `service/version` of whoever answered, or `status NNN`.
+    pub fn served_by(&self) -> String {
+        match &self.echo {
+            Some(echo) => format!("{}/{}", echo.service, echo.version),
+            None => format!("status {}", self.status),
+        }
+    }
+}
+
+impl Sidecar {
+    /// Starts the services, renders the sidecar with the filter configuration
+    /// `filter_config(sandbox addresses)`, starts Envoy, and waits until a
+    /// request has passed through the filter.
+    pub async fn start(
+        options: SidecarOptions,
+        filter_config: impl FnOnce(&[SocketAddr]) -> String,
+    ) -> Result<Sidecar> {
+        let backend_baseline = EchoService::start("backend", "baseline").await?;
+        let users_baseline = EchoService::start("users", "baseline").await?;
+        let mut sandboxes = Vec::new();
+        for (service, sandbox) in &options.sandboxes {
+            sandboxes.push(EchoService::start(service, sandbox).await?);
+        }
+        let addrs: Vec<SocketAddr> = sandboxes.iter().map(EchoService::addr).collect();
+        let config = render(
+            &shipped_config("sidecar.yaml")?,
+            &[
+                ("ADMIN_PORT", "0"),
+                ("LISTEN_PORT", "0"),
+                (
+                    "BACKEND_BASELINE_PORT",
+                    &backend_baseline.addr().port().to_string(),
+                ),
+                (
+                    "USERS_BASELINE_PORT",
+                    &users_baseline.addr().port().to_string(),
+                ),
+                ("WASM_PATH", &crate::filter_wasm().display().to_string()),
+                ("FILTER_CONFIG", &filter_config(&addrs)),
+            ],
+        )?;
+        let wasm = crate::filter_wasm();
+        if !wasm.exists() {
+            anyhow::bail!("no filter at {} (run `make build`)", wasm.display());
+        }
+        let envoy = Envoy::start(&config, options.concurrency).await?;
+        let listener = envoy.listener("outbound").await?;
+        let sidecar = Sidecar {
+            envoy,
+            backend_baseline,
+            users_baseline,
+            sandboxes,
+            listener,
+            http: reqwest::Client::builder().no_proxy().build()?,
+        };
+        sidecar.wait_until_filter_runs().await?;
+        Ok(sidecar)
+    }
+
+    /// Ready means a request went through the filter to the baseline and the
+    /// filter counted it, not merely that a port is open.
+    async fn wait_until_filter_runs(&self) -> Result<()> {
+        poll_until(
+            "a request through the filter",
+            Duration::from_secs(30),
+            || async {
+                let reply = self.get("backend", &[]).await.ok()?;
+                let stats = self.envoy.stats().await.ok()?;
+                (reply.status == 200 && stats.filter("baseline.no_context") > 0).then_some(())
+            },
+        )
+        .await
+        .with_context(|| self.envoy.log_tail())
+    }
+
+    /// `GET /` for `host` through the sidecar with extra headers (values as
+    /// bytes; a name given twice is sent twice).
+    pub async fn get(&self, host: &str, headers: &[(&str, &[u8])]) -> Result<Reply> {
+        let mut map = HeaderMap::new();
+        map.insert(reqwest::header::HOST, HeaderValue::from_str(host)?);
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes())?,
+                HeaderValue::from_bytes(value)?,
+            );
+        }
+        let response = self
+            .http
+            .get(format!("http://{}/", self.listener))
+            .headers(map)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let decision = response
+            .headers()
+            .get(sandbox_router_routing::DEBUG_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let body = response.bytes().await?;
+        Ok(Reply {
+            status,
+            echo: serde_json::from_slice(&body).ok(),
+            decision,
+        })
+    }
+
+    /// Sends raw bytes to the listener (for requests an HTTP library will not
+    /// build) and returns the status code of the answer.
+    pub async fn raw_status(&self, request: &[u8]) -> Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.listener).await?;
+        stream.write_all(request).await?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(2).any(|w| w == b"\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        let line = String::from_utf8_lossy(&head);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("no status line in {line:?}"))
+    }
+}
