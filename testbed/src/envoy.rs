@@ -86,6 +86,31 @@ impl Envoy {
         Ok(envoy)
     }
 
+    /// Runs `envoy --mode validate` on `config`: `Ok(output)` when Envoy
+    /// accepts it, `Err(output)` when it does not.
+    pub fn validate(config: &str) -> Result<std::result::Result<String, String>> {
+        let dir = tempfile::Builder::new()
+            .prefix("sandbox-router-validate-")
+            .tempdir()?;
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, config)?;
+        let output = Command::new(crate::envoy_binary())
+            .args(["--mode", "validate", "-l", "info", "-c"])
+            .arg(&path)
+            .output()
+            .context("running envoy --mode validate")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(if output.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        })
+    }
+
     pub fn admin(&self) -> SocketAddr {
         self.admin
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub use echo::{EchoReply, EchoService};
 pub use envoy::{Envoy, Stats};
 pub use render::render;
-pub use sidecar::{Reply, Sidecar, SidecarOptions};
+pub use sidecar::{sidecar_config, Reply, Sidecar, SidecarOptions};
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {

@@ -55,6 +55,29 @@ impl Reply {
     }
 }
 
+/// `envoy-config/sidecar.yaml` rendered on free ports with this filter configuration.
+pub fn sidecar_config(
+    backend_baseline_port: u16,
+    users_baseline_port: u16,
+    filter_config: &str,
+) -> Result<String> {
+    let wasm = crate::filter_wasm();
+    if !wasm.exists() {
+        anyhow::bail!("no filter at {} (run `make build`)", wasm.display());
+    }
+    render(
+        &shipped_config("sidecar.yaml")?,
+        &[
+            ("ADMIN_PORT", "0"),
+            ("LISTEN_PORT", "0"),
+            ("BACKEND_BASELINE_PORT", &backend_baseline_port.to_string()),
+            ("USERS_BASELINE_PORT", &users_baseline_port.to_string()),
+            ("WASM_PATH", &wasm.display().to_string()),
+            ("FILTER_CONFIG", filter_config),
+        ],
+    )
+}
+
 impl Sidecar {
     /// Starts the services, renders the sidecar with the filter configuration
     /// `filter_config(sandbox addresses)`, starts Envoy, and waits until a

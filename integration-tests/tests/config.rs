@@ -1,0 +1,112 @@
+//! The shipped configuration is valid for the real Envoy, and a bad filter
+//! configuration is refused by Envoy with a log line naming the field.
+
+mod common;
+
+use common::*;
+use testbed::{render, shipped_config, sidecar_config, Envoy};
+
+/// `envoy-config/filter-config.json` with its endpoint placeholder filled.
+fn shipped_filter_config() -> String {
+    render(
+        &shipped_config("filter-config.json").unwrap(),
+        &[("BACKEND_SANDBOX", "127.0.0.1:9")],
+    )
+    .unwrap()
+}
+
+#[test]
+fn shipped_sidecar_and_filter_config_validate() {
+    let config = sidecar_config(8081, 8083, &shipped_filter_config()).unwrap();
+    let output = Envoy::validate(&config)
+        .unwrap()
+        .unwrap_or_else(|e| panic!("envoy rejected it:\n{e}"));
+    assert!(
+        output.contains("configured; table version 1 with 1 routing keys"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_bad_filter_configuration_is_refused_naming_the_field() {
+    let cases = [
+        (r#"{"keyz": []}"#, "keyz: unknown field `keyz`"),
+        (r#"{"keys": ["Bad Name"]}"#, "keys[0]: must start with a-z"),
+        (
+            r#"{"sources": ["baggage", "smoke-signals"]}"#,
+            "sources[1]: unknown variant `smoke-signals`",
+        ),
+        (
+            r#"{"marker_header": "x-envoy-original-dst-host"}"#,
+            "marker_header:",
+        ),
+        (
+            r#"{"destination": {"strip_suffixes": ["svc"]}}"#,
+            "destination.strip_suffixes[0]:",
+        ),
+        (
+            r#"{"table": {"entries": [{"routing_key": "k", "forks": [{"service": "backend", "endpoints": ["backend:80"]}]}]}}"#,
+            "table.entries[0].forks[0].endpoints[0]: must be IP:PORT",
+        ),
+        (
+            r#"{"table": {"entries": [{"routing_key": "has space"}]}}"#,
+            "table.entries[0].routing_key:",
+        ),
+        ("not json", "configuration: expected ident"),
+        (
+            r#"{"table": {"entries": [{"routing_key": 5}]}}"#,
+            "table.entries[0].routing_key: invalid type",
+        ),
+    ];
+    for (filter_config, expected) in cases {
+        let config = sidecar_config(8081, 8083, filter_config).unwrap();
+        let output = Envoy::validate(&config).unwrap().expect_err(filter_config);
+        assert!(
+            output.contains(&format!("rejected plugin configuration: {expected}")),
+            "{filter_config}: expected {expected:?} in\n{output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn destination_can_come_from_the_cluster_name() {
+    // Under Istio the cluster carries the service (outbound|8080||backend...);
+    // here the shipped sidecar's cluster for backend is `backend_baseline`.
+    let sidecar = testbed::Sidecar::start(two_sandboxes(), |addrs| {
+        serde_json::json!({
+            "destination": { "from": "cluster_name" },
+            "debug_header": true,
+            "table": { "entries": [{
+                "routing_key": KEY_X,
+                "forks": [{ "service": "backend_baseline", "endpoints": [addrs[0].to_string()] }]
+            }]}
+        })
+        .to_string()
+    })
+    .await
+    .unwrap();
+    let reply = sidecar
+        .get(
+            "backend",
+            &[("baggage", b"sandbox-routing-key=key-feature-x")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.served_by(),
+        "backend/feature-x",
+        "{:?}",
+        reply.decision
+    );
+    let users = sidecar
+        .get(
+            "users",
+            &[("baggage", b"sandbox-routing-key=key-feature-x")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        users.decision.as_deref(),
+        Some("baseline; reason=no_fork_for_service; source=baggage; service=users_baseline")
+    );
+}
