@@ -73,7 +73,7 @@ async fn destination_can_come_from_the_cluster_name() {
     // Under Istio the cluster carries the service (outbound|8080||backend...);
     // here the shipped sidecar's cluster for backend is `backend_baseline`.
     let sidecar = testbed::Sidecar::start(two_sandboxes(), |addrs| {
-        serde_json::json!({
+        Ok(serde_json::json!({
             "destination": { "from": "cluster_name" },
             "debug_header": true,
             "table": { "entries": [{
@@ -81,7 +81,7 @@ async fn destination_can_come_from_the_cluster_name() {
                 "forks": [{ "service": "backend_baseline", "endpoints": [addrs[0].to_string()] }]
             }]}
         })
-        .to_string()
+        .to_string())
     })
     .await
     .unwrap();

@@ -356,13 +356,13 @@ async fn requests_spread_over_a_forks_endpoints_on_several_workers() {
         .push(("backend".into(), "feature-x".into()));
     options.concurrency = 2;
     let sidecar = testbed::Sidecar::start(options, |addrs| {
-        serde_json::json!({
+        Ok(serde_json::json!({
             "table": { "entries": [{
                 "routing_key": KEY_X,
                 "forks": [{ "service": "backend", "endpoints": [addrs[0].to_string(), addrs[2].to_string()] }]
             }]}
         })
-        .to_string()
+        .to_string())
     })
     .await
     .unwrap();

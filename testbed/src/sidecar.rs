@@ -84,7 +84,7 @@ impl Sidecar {
     /// request has passed through the filter.
     pub async fn start(
         options: SidecarOptions,
-        filter_config: impl FnOnce(&[SocketAddr]) -> String,
+        filter_config: impl FnOnce(&[SocketAddr]) -> Result<String>,
     ) -> Result<Sidecar> {
         let backend_baseline = EchoService::start("backend", "baseline").await?;
         let users_baseline = EchoService::start("users", "baseline").await?;
@@ -107,7 +107,7 @@ impl Sidecar {
                     &users_baseline.addr().port().to_string(),
                 ),
                 ("WASM_PATH", &crate::filter_wasm().display().to_string()),
-                ("FILTER_CONFIG", &filter_config(&addrs)),
+                ("FILTER_CONFIG", &filter_config(&addrs)?),
             ],
         )?;
         let wasm = crate::filter_wasm();

@@ -43,7 +43,7 @@ pub async fn sidecar() -> Sidecar {
 }
 
 pub async fn sidecar_with(extra: serde_json::Value) -> Sidecar {
-    Sidecar::start(two_sandboxes(), |addrs| config(addrs, extra))
+    Sidecar::start(two_sandboxes(), |addrs| Ok(config(addrs, extra)))
         .await
         .expect("sidecar starts")
 }
