@@ -36,7 +36,7 @@ async fn each_header_format_routes_to_the_sandbox() {
 #[tokio::test]
 async fn w3c_baggage_details() {
     let sidecar = sidecar().await;
-    let cases: &[(&str, &[(&str, &[u8])])] = &[
+    let cases: &[(&str, Headers)] = &[
         // OWS, properties, other members around ours.
         (
             "ows and properties",

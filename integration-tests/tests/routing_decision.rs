@@ -11,7 +11,7 @@ use sandbox_router_routing::Source;
 #[tokio::test]
 async fn misses_stay_on_the_baseline_and_are_counted_by_reason() {
     let sidecar = sidecar().await;
-    let cases: &[(&str, &str, &[(&str, &[u8])], &str)] = &[
+    let cases: &[(&str, &str, Headers, &str)] = &[
         ("no context", "backend", &[], "baseline.no_context"),
         (
             "unrelated baggage",

@@ -175,14 +175,14 @@ impl ContextConfig {
             let source = *source;
             let found = match source {
                 Source::Baggage => {
-                    let (found, over) = self.from_baggage(&headers.baggage);
+                    let (found, over) = self.read_baggage(&headers.baggage);
                     baggage_over_limit = over;
                     found
                 }
-                Source::OtBaggage => self.from_prefixed(&headers.ot_baggage),
-                Source::Uberctx => self.from_prefixed(&headers.uberctx),
-                Source::Tracestate => self.from_tracestate(headers),
-                Source::XOtSpanContext => self.from_span_context(&headers.ot_span_context),
+                Source::OtBaggage => self.read_prefixed(&headers.ot_baggage),
+                Source::Uberctx => self.read_prefixed(&headers.uberctx),
+                Source::Tracestate => self.read_tracestate(headers),
+                Source::XOtSpanContext => self.read_span_context(&headers.ot_span_context),
             };
             let context = match found {
                 Ok(None) => continue,
@@ -207,7 +207,7 @@ impl ContextConfig {
         }
     }
 
-    fn from_baggage<'h>(
+    fn read_baggage<'h>(
         &self,
         lines: &[&'h [u8]],
     ) -> (Result<Option<RawContext<'h>>, &'static str>, bool) {
@@ -234,7 +234,7 @@ impl ContextConfig {
         (Ok(found.finish()), members.over_limit())
     }
 
-    fn from_prefixed<'h>(
+    fn read_prefixed<'h>(
         &self,
         headers: &[(Slot, &'h [u8])],
     ) -> Result<Option<RawContext<'h>>, &'static str> {
@@ -245,7 +245,7 @@ impl ContextConfig {
         Ok(found.finish())
     }
 
-    fn from_tracestate<'h>(
+    fn read_tracestate<'h>(
         &self,
         headers: &RequestHeaders<'h>,
     ) -> Result<Option<RawContext<'h>>, &'static str> {
@@ -267,7 +267,7 @@ impl ContextConfig {
         Ok(found.finish())
     }
 
-    fn from_span_context(
+    fn read_span_context(
         &self,
         lines: &[&[u8]],
     ) -> Result<Option<RawContext<'static>>, &'static str> {

@@ -75,6 +75,9 @@ pub fn carrying(
     )
 }
 
+/// Request headers as a test writes them: (name, raw value bytes).
+pub type Headers<'a> = &'a [(&'a str, &'a [u8])];
+
 pub fn as_refs(lines: &[(String, String)]) -> Vec<(&str, &[u8])> {
     lines
         .iter()

