@@ -221,15 +221,7 @@ fn minted(
     key: Option<&str>,
     overrides: Option<&Overrides>,
 ) -> Vec<(String, String)> {
-    mint::headers(
-        format,
-        &Carried {
-            key_name: sandbox_router_routing::DEFAULT_KEY,
-            key,
-            overrides_key: sandbox_router_routing::DEFAULT_OVERRIDES_KEY,
-            overrides,
-        },
-    )
+    mint::headers(format, &Carried::default_names(key, overrides))
 }
 
 fn shorten(value: &str) -> String {

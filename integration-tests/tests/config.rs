@@ -85,26 +85,14 @@ async fn destination_can_come_from_the_cluster_name() {
     })
     .await
     .unwrap();
-    let reply = sidecar
-        .get(
-            "backend",
-            &[("baggage", b"sandbox-routing-key=key-feature-x")],
-        )
-        .await
-        .unwrap();
+    let reply = sidecar.get("backend", &[BAGGAGE_KEY_X]).await.unwrap();
     assert_eq!(
         reply.served_by(),
         "backend/feature-x",
         "{:?}",
         reply.decision
     );
-    let users = sidecar
-        .get(
-            "users",
-            &[("baggage", b"sandbox-routing-key=key-feature-x")],
-        )
-        .await
-        .unwrap();
+    let users = sidecar.get("users", &[BAGGAGE_KEY_X]).await.unwrap();
     assert_eq!(
         users.decision.as_deref(),
         Some("baseline; reason=no_fork_for_service; source=baggage; service=users_baseline")

@@ -51,13 +51,7 @@ async fn w3c_baggage_details() {
             &[("baggage", b"sandbox-routing-key=key%2Dfeature%2Dx")],
         ),
         // Several baggage headers form one list.
-        (
-            "several headers",
-            &[
-                ("baggage", b"a=1,b=2"),
-                ("baggage", b"sandbox-routing-key=key-feature-x"),
-            ],
-        ),
+        ("several headers", &[("baggage", b"a=1,b=2"), BAGGAGE_KEY_X]),
         // An alias key name (e.g. migrating from Signadot).
         ("alias key", &[("baggage", b"sd-routing-key=key-feature-x")]),
     ];
@@ -183,13 +177,7 @@ async fn sources_and_key_names_follow_the_configuration() {
         .unwrap();
     assert_eq!(routed.served_by(), "backend/feature-x");
     // The default name is no longer read, and a disabled source is ignored.
-    let default_name = sidecar
-        .get(
-            "backend",
-            &[("baggage", b"sandbox-routing-key=key-feature-x")],
-        )
-        .await
-        .unwrap();
+    let default_name = sidecar.get("backend", &[BAGGAGE_KEY_X]).await.unwrap();
     assert_eq!(default_name.served_by(), "backend/baseline");
     let disabled = sidecar
         .get("backend", &[("ot-baggage-tenant", b"key-feature-x")])

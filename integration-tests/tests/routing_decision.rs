@@ -28,7 +28,7 @@ async fn misses_stay_on_the_baseline_and_are_counted_by_reason() {
         (
             "key without a fork for this service",
             "users",
-            &[("baggage", b"sandbox-routing-key=key-feature-x")],
+            &[BAGGAGE_KEY_X],
             "baseline.no_fork_for_service",
         ),
         (
@@ -118,7 +118,7 @@ async fn spoofed_internal_headers_are_removed_before_deciding() {
         .get(
             "backend",
             &[
-                ("baggage", b"sandbox-routing-key=key-feature-x"),
+                BAGGAGE_KEY_X,
                 ("x-envoy-original-dst-host", users_sandbox.as_bytes()),
                 ("x-sandbox-router-route", b"1"),
             ],
@@ -135,13 +135,7 @@ async fn spoofed_internal_headers_are_removed_before_deciding() {
 #[tokio::test]
 async fn internal_headers_do_not_reach_the_sandbox() {
     let sidecar = sidecar().await;
-    let reply = sidecar
-        .get(
-            "backend",
-            &[("baggage", b"sandbox-routing-key=key-feature-x")],
-        )
-        .await
-        .unwrap();
+    let reply = sidecar.get("backend", &[BAGGAGE_KEY_X]).await.unwrap();
     let echo = reply.echo.expect("sandbox answered");
     assert_eq!(echo.version, "feature-x");
     assert!(
@@ -369,13 +363,7 @@ async fn requests_spread_over_a_forks_endpoints_on_several_workers() {
     let before = stats(&sidecar).await;
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        let reply = sidecar
-            .get(
-                "backend",
-                &[("baggage", b"sandbox-routing-key=key-feature-x")],
-            )
-            .await
-            .unwrap();
+        let reply = sidecar.get("backend", &[BAGGAGE_KEY_X]).await.unwrap();
         assert_eq!(reply.served_by(), "backend/feature-x");
         // Debug header is off by default.
         assert_eq!(reply.decision, None);

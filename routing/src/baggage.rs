@@ -131,7 +131,8 @@ fn parse_member(element: &[u8]) -> Option<Member<'_>> {
     Some(Member { key, value })
 }
 
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+/// Removes optional white space (RFC 9110 `OWS`: spaces and tabs) at both ends.
+pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }

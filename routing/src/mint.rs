@@ -29,6 +29,19 @@ pub struct Carried<'a> {
     pub overrides: Option<&'a Overrides>,
 }
 
+impl<'a> Carried<'a> {
+    /// `key` and/or `overrides` under the default names
+    /// ([`crate::DEFAULT_KEY`], [`crate::DEFAULT_OVERRIDES_KEY`]).
+    pub fn default_names(key: Option<&'a str>, overrides: Option<&'a Overrides>) -> Self {
+        Carried {
+            key_name: crate::DEFAULT_KEY,
+            key,
+            overrides_key: crate::DEFAULT_OVERRIDES_KEY,
+            overrides,
+        }
+    }
+}
+
 /// `Overrides` as the base64 text carried in baggage (URL-safe alphabet, no
 /// padding: needs no escaping anywhere).
 pub fn overrides_text(overrides: &Overrides) -> String {

@@ -4,6 +4,8 @@
 //! The spec says a receiver must ignore `tracestate` unless `traceparent` is
 //! valid, so the filter honours a routing key in `tracestate` only then.
 
+use crate::baggage::trim_ows;
+
 /// `tracestate` holds at most 32 list-members (Trace Context 3.3.1.1).
 pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 
@@ -83,16 +85,6 @@ fn is_tracestate_value(v: &[u8]) -> bool {
         && v.last() != Some(&b' ')
         && v.iter()
             .all(|b| matches!(b, 0x20..=0x2B | 0x2D..=0x3C | 0x3E..=0x7E))
-}
-
-fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 #[cfg(test)]

@@ -64,16 +64,11 @@ pub fn carrying(
     key: Option<&str>,
     overrides: Option<&Overrides>,
 ) -> Vec<(String, String)> {
-    mint::headers(
-        format,
-        &Carried {
-            key_name: "sandbox-routing-key",
-            key,
-            overrides_key: "sandbox-overrides",
-            overrides,
-        },
-    )
+    mint::headers(format, &Carried::default_names(key, overrides))
 }
+
+/// The plainest request for sandbox `feature-x`: its key in W3C baggage.
+pub const BAGGAGE_KEY_X: (&str, &[u8]) = ("baggage", b"sandbox-routing-key=key-feature-x");
 
 /// Request headers as a test writes them: (name, raw value bytes).
 pub type Headers<'a> = &'a [(&'a str, &'a [u8])];
