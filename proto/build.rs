@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/sandbox_router/v1/overrides.proto",
         "proto/sandbox_router/v1/table.proto",
+        "proto/sandbox_router/v1/control.proto",
         "proto/lightstep/carrier.proto",
     ];
     for file in files {
