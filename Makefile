@@ -8,7 +8,7 @@ ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
 WASM_TARGET   := wasm32-wasip1
-WASM          := target/$(WASM_TARGET)/release/sandbox_router_filter.wasm
+WASM          := target/$(WASM_TARGET)/wasm/sandbox_router_filter.wasm
 CARGO         ?= cargo
 export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
@@ -20,15 +20,15 @@ help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 demo: deps build ## Run the demo: real Envoy, baseline and sandboxed services, every header format
-	$(CARGO) run --quiet --release -p sandbox-router-demo
+	$(CARGO) run --quiet -p sandbox-router-demo
 
 test: lint unit integration ## Everything CI runs: lint, unit and property tests, wasm build, integration tests
 
-build: wasm ## Build the filter (.wasm) and the binaries
-	$(CARGO) build --release --workspace --bins
+build: wasm ## Build the filter (.wasm) and the binaries (sandbox-router, the demo)
+	$(CARGO) build --workspace --bins
 
-wasm: wasm-target ## Build the filter (target/wasm32-wasip1/release/sandbox_router_filter.wasm)
-	$(CARGO) build --release -p sandbox-router-filter --target $(WASM_TARGET)
+wasm: wasm-target ## Build the filter (target/wasm32-wasip1/wasm/sandbox_router_filter.wasm)
+	$(CARGO) build --profile wasm -p sandbox-router-filter --target $(WASM_TARGET)
 	@ls -l $(WASM) | awk '{print "  filter: " $$NF " (" $$5 " bytes)"}'
 
 lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
@@ -36,11 +36,11 @@ lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p sandbox-router-filter --target $(WASM_TARGET) -- -D warnings
 
-unit: ## Native unit and property tests of the core and the test bed
-	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed
+unit: ## Native unit and property tests of the core, the control service's model and store, the test bed
+	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed -p sandbox-router-control --lib
 
-integration: deps wasm ## Tests against a real Envoy running the built filter
-	$(CARGO) test -p integration-tests -p sandbox-router-demo
+integration: deps build ## Tests against a real Envoy running the built filter and the real control service
+	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo
 
 deps: envoy wasm-target ## Install what the build and tests need
 

@@ -581,20 +581,21 @@ async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
         None => Settings::from_json(b"").map_err(|e| Failure::refused(e.to_string()))?,
     };
     // The table: the configuration's own, else the one the control service pushes.
-    let (table, table_from) = if settings.table.is_empty() {
+    let (table, table_from) = if let Some(table) = &settings.table {
+        (table.clone(), "the configuration".to_owned())
+    } else {
         let raw = client.call(reqwest::Method::GET, "/v1/table", None).await?;
         let spec: sandbox_router_routing::TableSpec = serde_json::from_value(raw)
             .map_err(|e| Failure::unreachable(format!("table from server: {e}")))?;
         let table = RoutingTable::compile(&spec.into(), "table")
             .map_err(|e| Failure::unreachable(e.to_string()))?;
-        (
-            table,
-            format!("control service {} (version {})", client.base, 0),
-        )
-    } else {
-        (settings.table.clone(), "the configuration".to_owned())
+        let from = format!(
+            "control service {} (version {})",
+            client.base,
+            table.version()
+        );
+        (table, from)
     };
-    let table_from = table_from.replace("(version 0)", &format!("(version {})", table.version()));
     let mut headers: Vec<(String, Vec<u8>)> =
         vec![(":authority".to_owned(), args.service.clone().into_bytes())];
     for line in &args.headers {

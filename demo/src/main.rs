@@ -11,7 +11,7 @@ use sandbox_router_routing::mint::{self, Carried};
 use sandbox_router_routing::Source;
 use testbed::{render, shipped_config, Sidecar, SidecarOptions};
 
-/// The routing key of sandbox `feature-x` in `envoy-config/filter-config.json`.
+/// The routing key of sandbox `feature-x` in `envoy-config/filter-config-static.json`.
 const KEY: &str = "k7f3q9x2m4feature";
 
 #[tokio::main]
@@ -30,12 +30,12 @@ async fn run() -> Result<()> {
     println!("sandbox-router demo\n");
     println!("Starting: baseline backend, baseline users, sandboxed backend `feature-x`,");
     println!("and a real Envoy (envoy-config/sidecar.yaml) running the sandbox-router filter");
-    println!("with the table from envoy-config/filter-config.json.\n");
+    println!("with the table from envoy-config/filter-config-static.json.\n");
     let options = SidecarOptions {
         sandboxes: vec![("backend".into(), "feature-x".into())],
-        concurrency: 1,
+        ..SidecarOptions::default()
     };
-    let template = shipped_config("filter-config.json")?;
+    let template = shipped_config("filter-config-static.json")?;
     let sidecar = Sidecar::start(options, |addrs| {
         let sandbox = addrs.first().map(ToString::to_string).unwrap_or_default();
         render(&template, &[("BACKEND_SANDBOX", &sandbox)])

@@ -3,8 +3,10 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
+use sandbox_router_routing::shared::{SharedStore, SharedTable};
 use sandbox_router_routing::{
     Decision, Outcome, RoutingContext, Settings, DEBUG_HEADER, ORIGINAL_DST_HEADER,
 };
@@ -17,6 +19,17 @@ pub struct RouteRequest {
     next_endpoint: Rc<Cell<usize>>,
     /// Kept only when the debug response header is on.
     debug_decision: Option<String>,
+}
+
+/// Shared data of this VM's `vm_id`, where the singleton keeps the pushed table.
+struct HostSharedData;
+
+impl SharedStore for HostSharedData {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key)
+            .ok()
+            .and_then(|(value, _)| value)
+    }
 }
 
 impl RouteRequest {
@@ -32,6 +45,12 @@ impl RouteRequest {
             debug_decision: None,
         }
     }
+
+    fn count(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(metrics) = &self.metrics {
+            f(metrics);
+        }
+    }
 }
 
 impl Context for RouteRequest {}
@@ -40,8 +59,9 @@ impl HttpContext for RouteRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // One host call for the whole map: header values stay bytes (client
         // controlled, maybe not UTF-8), and repeated headers (several
-        // `baggage` lines) are all seen.
-        let headers = self.get_http_request_headers_bytes();
+        // `baggage` lines) are all seen. Header names are tokens: Envoy's
+        // codecs refuse any other name before filters run.
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         let settings = Rc::clone(&self.settings);
         let scanned = settings.scan(
             headers
@@ -52,27 +72,55 @@ impl HttpContext for RouteRequest {
         // Before anything else: a client must never steer the ORIGINAL_DST
         // cluster itself (Envoy's docs warn about exactly this).
         if scanned.internal_headers {
-            self.remove_http_request_header(ORIGINAL_DST_HEADER);
-            self.remove_http_request_header(&settings.marker_header);
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, ORIGINAL_DST_HEADER);
+            let _ =
+                hostcalls::remove_map_value(MapType::HttpRequestHeaders, &settings.marker_header);
             self.count(|m| m.internal_headers_removed());
         }
 
         let pick = self.next_endpoint.get();
-        let outcome = settings.route(
-            &scanned,
-            || self.get_property(vec!["xds", "cluster_name"]),
-            &settings.table,
-            pick,
-        );
+        let cluster_name = || {
+            hostcalls::get_property(vec!["xds", "cluster_name"])
+                .ok()
+                .flatten()
+        };
+        // Shared data is read only inside the lookup, i.e. only for a request
+        // that carries routing context.
+        let outcome = match &settings.table {
+            Some(table) => settings.route(&scanned, cluster_name, table, pick),
+            None => settings.route(
+                &scanned,
+                cluster_name,
+                &SharedTable::new(HostSharedData),
+                pick,
+            ),
+        };
         if outcome.extracted.baggage_over_limit {
             self.count(|m| m.baggage_over_limit());
         }
         match outcome.decision {
             Decision::Route(endpoint) => {
                 self.next_endpoint.set(pick.wrapping_add(1));
-                self.set_http_request_header(ORIGINAL_DST_HEADER, Some(&endpoint.to_string()));
-                self.set_http_request_header(&settings.marker_header, Some("1"));
-                self.count(|m| m.routed());
+                let set_dst = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    ORIGINAL_DST_HEADER,
+                    Some(&endpoint.to_string()),
+                );
+                let set_marker = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    &settings.marker_header,
+                    Some("1"),
+                );
+                if set_dst.is_ok() && set_marker.is_ok() {
+                    self.count(|m| m.routed());
+                } else {
+                    // Without both headers Envoy takes the baseline route: say so.
+                    let _ = hostcalls::remove_map_value(
+                        MapType::HttpRequestHeaders,
+                        &settings.marker_header,
+                    );
+                    self.count(|m| m.baseline(sandbox_router_routing::BaselineReason::Malformed));
+                }
             }
             Decision::Baseline(reason) => self.count(|m| m.baseline(reason)),
         }
@@ -84,17 +132,13 @@ impl HttpContext for RouteRequest {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(decision) = self.debug_decision.take() {
-            self.set_http_response_header(DEBUG_HEADER, Some(&decision));
+            let _ = hostcalls::set_map_value(
+                MapType::HttpResponseHeaders,
+                DEBUG_HEADER,
+                Some(&decision),
+            );
         }
         Action::Continue
-    }
-}
-
-impl RouteRequest {
-    fn count(&self, f: impl FnOnce(&Metrics)) {
-        if let Some(metrics) = &self.metrics {
-            f(metrics);
-        }
     }
 }
 

@@ -4,25 +4,41 @@
 mod common;
 
 use common::*;
-use testbed::{render, shipped_config, sidecar_config, Envoy};
+use testbed::{render, shipped_config, sidecar_config, Envoy, SidecarPorts};
 
-/// `envoy-config/filter-config.json` with its endpoint placeholder filled.
-fn shipped_filter_config() -> String {
-    render(
-        &shipped_config("filter-config.json").unwrap(),
-        &[("BACKEND_SANDBOX", "127.0.0.1:9")],
-    )
-    .unwrap()
+const PORTS: SidecarPorts = SidecarPorts {
+    backend_baseline: 8081,
+    users_baseline: 8083,
+    control: 7070,
+};
+
+fn validate_sidecar_with(filter_config: &str) -> Result<String, String> {
+    let config = sidecar_config("validate", &PORTS, filter_config).unwrap();
+    Envoy::validate(&config).unwrap()
 }
 
 #[test]
-fn shipped_sidecar_and_filter_config_validate() {
-    let config = sidecar_config(8081, 8083, &shipped_filter_config()).unwrap();
-    let output = Envoy::validate(&config)
-        .unwrap()
-        .unwrap_or_else(|e| panic!("envoy rejected it:\n{e}"));
+fn shipped_sidecar_and_filter_configs_validate() {
+    // The production shape: the table comes from the control service. (The
+    // singleton WasmService does not run in validate mode; the push tests run it.)
+    let pushed = shipped_config("filter-config.json").unwrap();
+    let output =
+        validate_sidecar_with(&pushed).unwrap_or_else(|e| panic!("envoy rejected it:\n{e}"));
     assert!(
-        output.contains("configured; table version 1 with 1 routing keys"),
+        output.contains("routing by the table the control service pushes"),
+        "{output}"
+    );
+
+    // The static-table example.
+    let static_table = render(
+        &shipped_config("filter-config-static.json").unwrap(),
+        &[("BACKEND_SANDBOX", "127.0.0.1:9")],
+    )
+    .unwrap();
+    let output =
+        validate_sidecar_with(&static_table).unwrap_or_else(|e| panic!("envoy rejected it:\n{e}"));
+    assert!(
+        output.contains("static table version 1 with 1 routing keys"),
         "{output}"
     );
 }
@@ -59,8 +75,7 @@ fn a_bad_filter_configuration_is_refused_naming_the_field() {
         ),
     ];
     for (filter_config, expected) in cases {
-        let config = sidecar_config(8081, 8083, filter_config).unwrap();
-        let output = Envoy::validate(&config).unwrap().expect_err(filter_config);
+        let output = validate_sidecar_with(filter_config).expect_err(filter_config);
         assert!(
             output.contains(&format!("rejected plugin configuration: {expected}")),
             "{filter_config}: expected {expected:?} in\n{output}"

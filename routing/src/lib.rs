@@ -19,6 +19,8 @@ pub mod error;
 pub mod key;
 pub mod mint;
 pub mod percent;
+pub mod shared;
+pub mod sync;
 pub mod table;
 pub mod tracecontext;
 
@@ -61,9 +63,10 @@ pub struct ConfigSpec {
     /// a caller how the mesh routed).
     #[serde(default)]
     pub debug_header: bool,
-    /// A static routing table (until the control service pushes one).
+    /// A static routing table. Without one, the filter routes by the table
+    /// the control service pushes (kept in shared data by the singleton).
     #[serde(default)]
-    pub table: TableSpec,
+    pub table: Option<TableSpec>,
 }
 
 /// Compiled, validated filter settings.
@@ -73,7 +76,8 @@ pub struct Settings {
     pub destination: Destination,
     pub marker_header: String,
     pub debug_header: bool,
-    pub table: RoutingTable,
+    /// The configured static table; `None`: the pushed table.
+    pub table: Option<RoutingTable>,
 }
 
 /// Result of routing one request.
@@ -158,7 +162,10 @@ impl Settings {
                 "must be a lowercase header name (a-z 0-9 -) of its own",
             ));
         }
-        let table = RoutingTable::compile(&spec.table.into(), "table")?;
+        let table = match spec.table {
+            Some(table) => Some(RoutingTable::compile(&table.into(), "table")?),
+            None => None,
+        };
         Ok(Settings {
             context: ContextConfig {
                 keys,

@@ -191,12 +191,16 @@ impl Stats {
         self.get(&format!("wasmcustom.sandbox_router.{name}"))
     }
 
-    /// The filter counters that changed since `before`, as `name -> delta`.
+    /// The filter's per-request counters that changed since `before`, as
+    /// `name -> delta` (the singleton's `sync.*` metrics are left out).
     pub fn filter_delta(&self, before: &Stats) -> BTreeMap<String, u64> {
         self.0
             .iter()
             .filter_map(|(name, value)| {
                 let short = name.strip_prefix("wasmcustom.sandbox_router.")?;
+                if short.starts_with("sync.") {
+                    return None;
+                }
                 let delta = value.saturating_sub(before.get(name));
                 (delta > 0).then(|| (short.to_owned(), delta))
             })

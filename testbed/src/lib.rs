@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub use echo::{EchoReply, EchoService};
 pub use envoy::{Envoy, Stats};
 pub use render::render;
-pub use sidecar::{sidecar_config, Reply, Sidecar, SidecarOptions};
+pub use sidecar::{sidecar_config, Reply, Sidecar, SidecarOptions, SidecarPorts};
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
@@ -31,12 +31,12 @@ pub fn envoy_binary() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"))
 }
 
-/// `$SANDBOX_ROUTER_WASM`, else the release build `make build` produces.
+/// `$SANDBOX_ROUTER_WASM`, else the build `make wasm` produces.
 pub fn filter_wasm() -> PathBuf {
     std::env::var_os("SANDBOX_ROUTER_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            workspace_root().join("target/wasm32-wasip1/release/sandbox_router_filter.wasm")
+            workspace_root().join("target/wasm32-wasip1/wasm/sandbox_router_filter.wasm")
         })
 }
 

@@ -14,6 +14,11 @@ pub struct SidecarOptions {
     /// Sandboxed workloads to start, as (service, sandbox name).
     pub sandboxes: Vec<(String, String)>,
     pub concurrency: usize,
+    /// Envoy's node id (what `sandbox-router status` shows).
+    pub node_id: String,
+    /// Where the control service listens; `None`: nowhere (a static table is
+    /// configured, and the singleton's reconnect attempts fail harmlessly).
+    pub control: Option<SocketAddr>,
 }
 
 impl Default for SidecarOptions {
@@ -21,8 +26,18 @@ impl Default for SidecarOptions {
         SidecarOptions {
             sandboxes: Vec::new(),
             concurrency: 1,
+            node_id: "sidecar".to_owned(),
+            control: None,
         }
     }
+}
+
+/// Values for the placeholders of `envoy-config/sidecar.yaml`.
+pub struct SidecarPorts {
+    pub backend_baseline: u16,
+    pub users_baseline: u16,
+    /// Port 1 (nothing listens there) when there is no control service.
+    pub control: u16,
 }
 
 pub struct Sidecar {
@@ -56,11 +71,7 @@ impl Reply {
 }
 
 /// `envoy-config/sidecar.yaml` rendered on free ports with this filter configuration.
-pub fn sidecar_config(
-    backend_baseline_port: u16,
-    users_baseline_port: u16,
-    filter_config: &str,
-) -> Result<String> {
+pub fn sidecar_config(node_id: &str, ports: &SidecarPorts, filter_config: &str) -> Result<String> {
     let wasm = crate::filter_wasm();
     if !wasm.exists() {
         anyhow::bail!("no filter at {} (run `make build`)", wasm.display());
@@ -68,10 +79,12 @@ pub fn sidecar_config(
     render(
         &shipped_config("sidecar.yaml")?,
         &[
+            ("NODE_ID", node_id),
             ("ADMIN_PORT", "0"),
             ("LISTEN_PORT", "0"),
-            ("BACKEND_BASELINE_PORT", &backend_baseline_port.to_string()),
-            ("USERS_BASELINE_PORT", &users_baseline_port.to_string()),
+            ("BACKEND_BASELINE_PORT", &ports.backend_baseline.to_string()),
+            ("USERS_BASELINE_PORT", &ports.users_baseline.to_string()),
+            ("CONTROL_PORT", &ports.control.to_string()),
             ("WASM_PATH", &wasm.display().to_string()),
             ("FILTER_CONFIG", filter_config),
         ],
@@ -93,27 +106,12 @@ impl Sidecar {
             sandboxes.push(EchoService::start(service, sandbox).await?);
         }
         let addrs: Vec<SocketAddr> = sandboxes.iter().map(EchoService::addr).collect();
-        let config = render(
-            &shipped_config("sidecar.yaml")?,
-            &[
-                ("ADMIN_PORT", "0"),
-                ("LISTEN_PORT", "0"),
-                (
-                    "BACKEND_BASELINE_PORT",
-                    &backend_baseline.addr().port().to_string(),
-                ),
-                (
-                    "USERS_BASELINE_PORT",
-                    &users_baseline.addr().port().to_string(),
-                ),
-                ("WASM_PATH", &crate::filter_wasm().display().to_string()),
-                ("FILTER_CONFIG", &filter_config(&addrs)?),
-            ],
-        )?;
-        let wasm = crate::filter_wasm();
-        if !wasm.exists() {
-            anyhow::bail!("no filter at {} (run `make build`)", wasm.display());
-        }
+        let ports = SidecarPorts {
+            backend_baseline: backend_baseline.addr().port(),
+            users_baseline: users_baseline.addr().port(),
+            control: options.control.map_or(1, |c| c.port()),
+        };
+        let config = sidecar_config(&options.node_id, &ports, &filter_config(&addrs)?)?;
         let envoy = Envoy::start(&config, options.concurrency).await?;
         let listener = envoy.listener("outbound").await?;
         let sidecar = Sidecar {

@@ -54,7 +54,7 @@ pub fn two_sandboxes() -> SidecarOptions {
             ("backend".into(), "feature-x".into()),
             ("users".into(), "users-y".into()),
         ],
-        concurrency: 1,
+        ..SidecarOptions::default()
     }
 }
 
