@@ -239,8 +239,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
     let control = sandbox_router_control::open(&args.db)
         .map_err(|e| Failure::unreachable(format!("opening {}: {e}", args.db.display())))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
+    let listener = bind(&args.listen)
         .map_err(|e| Failure::unreachable(format!("listening on {}: {e}", args.listen)))?;
     let local = listener
         .local_addr()
@@ -259,6 +258,25 @@ async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
     sandbox_router_control::serve(listener, control, token, shutdown)
         .await
         .map_err(|e| Failure::unreachable(format!("serving: {e}")))
+}
+
+/// Binds with SO_REUSEADDR, so a restarted service gets its port back at once
+/// (after a crash the old connections linger in TIME_WAIT).
+fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{listen:?}: {e} (expected IP:PORT)"),
+        )
+    })?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 struct Client {

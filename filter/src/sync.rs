@@ -32,11 +32,13 @@ pub struct SyncRoot {
 impl SyncRoot {
     pub fn new(settings: SyncSettings) -> Self {
         let node_id = if settings.node_id.is_empty() {
-            hostcalls::get_property(vec!["node", "id"])
-                .ok()
-                .flatten()
-                .map(|id| String::from_utf8_lossy(&id).into_owned())
-                .filter(|id| !id.is_empty())
+            // `xds.node` is the current attribute name; `node` the older one.
+            [vec!["xds", "node", "id"], vec!["node", "id"]]
+                .into_iter()
+                .find_map(|path| {
+                    let id = hostcalls::get_property(path).ok().flatten()?;
+                    Some(String::from_utf8_lossy(&id).into_owned()).filter(|id| !id.is_empty())
+                })
                 .unwrap_or_else(|| "envoy".to_owned())
         } else {
             settings.node_id.clone()

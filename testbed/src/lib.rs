@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod control;
 mod echo;
 mod envoy;
 mod render;
@@ -13,6 +14,7 @@ mod sidecar;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use control::ControlService;
 pub use echo::{EchoReply, EchoService};
 pub use envoy::{Envoy, Stats};
 pub use render::render;

@@ -1,0 +1,551 @@
+//! The control service pushing to a real Envoy: sandboxes created, changed,
+//! deleted and expired through the API route (or stop routing) within a
+//! deadline; route groups; the control service killed and restarted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use testbed::{poll_until, ControlService, Sidecar, SidecarOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sandbox-router");
+/// How long a change may take to reach Envoy before a test fails. The
+/// measured time is far lower (`make bench`); this only bounds a hung test.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn control() -> ControlService {
+    ControlService::start(Path::new(BIN), None)
+        .await
+        .expect("control service starts")
+}
+
+/// A sidecar on the pushed table (no `table` in the filter configuration),
+/// with sandboxed `backend/feature-x` and `users/users-y` workloads.
+async fn sidecar(control: &ControlService, node_id: &str) -> Sidecar {
+    let options = SidecarOptions {
+        sandboxes: vec![
+            ("backend".into(), "feature-x".into()),
+            ("users".into(), "users-y".into()),
+        ],
+        node_id: node_id.to_owned(),
+        control: Some(control.addr()),
+        ..SidecarOptions::default()
+    };
+    Sidecar::start(options, |_| Ok(json!({ "debug_header": true }).to_string()))
+        .await
+        .expect("sidecar starts")
+}
+
+async fn create(control: &ControlService, name: &str, forks: Value) -> String {
+    let (status, body) = control
+        .api(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({ "name": name, "forks": forks })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    body["routing_key"].as_str().unwrap().to_owned()
+}
+
+fn baggage(key: &str) -> String {
+    format!("sandbox-routing-key={key}")
+}
+
+/// Polls until a request for `host` carrying `key` is answered by `expected`.
+async fn until_served(sidecar: &Sidecar, host: &str, key: &str, expected: &str) {
+    let value = baggage(key);
+    poll_until(
+        &format!("{host} with key {key} served by {expected}"),
+        DEADLINE,
+        || async {
+            let reply = sidecar
+                .get(host, &[("baggage", value.as_bytes())])
+                .await
+                .ok()?;
+            (reply.served_by() == expected).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+fn addr(sidecar: &Sidecar, i: usize) -> String {
+    sidecar.sandboxes[i].addr().to_string()
+}
+
+#[tokio::test]
+async fn a_created_sandbox_routes_and_a_deleted_one_stops() {
+    let control = control().await;
+    let sidecar = sidecar(&control, "sidecar-a").await;
+    let key = create(
+        &control,
+        "feature-x",
+        json!({ "backend": [addr(&sidecar, 0)] }),
+    )
+    .await;
+    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+    // Other services and other keys are untouched.
+    let users = sidecar
+        .get("users", &[("baggage", baggage(&key).as_bytes())])
+        .await
+        .unwrap();
+    assert_eq!(users.served_by(), "users/baseline");
+
+    // Changing the forks moves the route.
+    let (status, body) = control
+        .api(
+            Method::PUT,
+            "/v1/sandboxes/feature-x/forks",
+            Some(json!({ "forks": { "users": [addr(&sidecar, 1)] } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    until_served(&sidecar, "users", &key, "users/users-y").await;
+    until_served(&sidecar, "backend", &key, "backend/baseline").await;
+
+    let (status, _) = control
+        .api(Method::DELETE, "/v1/sandboxes/feature-x", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    until_served(&sidecar, "users", &key, "users/baseline").await;
+    let reply = sidecar
+        .get("users", &[("baggage", baggage(&key).as_bytes())])
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.decision.as_deref(),
+        Some("baseline; reason=unknown_key; source=baggage; service=users")
+    );
+}
+
+#[tokio::test]
+async fn an_expired_sandbox_stops_routing() {
+    let control = control().await;
+    let sidecar = sidecar(&control, "sidecar-b").await;
+    let (status, body) = control
+        .api(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({ "name": "short", "forks": { "backend": [addr(&sidecar, 0)] }, "ttl_seconds": 3 })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let key = body["routing_key"].as_str().unwrap().to_owned();
+    // Routed while it lives (a 3 s TTL leaves ample time to see it)...
+    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+    // ...and back on the baseline once the control service expired it.
+    until_served(&sidecar, "backend", &key, "backend/baseline").await;
+    let (status, _) = control
+        .api(Method::GET, "/v1/sandboxes/short", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_route_group_combines_two_sandboxes() {
+    let control = control().await;
+    let sidecar = sidecar(&control, "sidecar-c").await;
+    let key_x = create(
+        &control,
+        "feature-x",
+        json!({ "backend": [addr(&sidecar, 0)] }),
+    )
+    .await;
+    let key_y = create(&control, "users-y", json!({ "users": [addr(&sidecar, 1)] })).await;
+    let (status, body) = control
+        .api(
+            Method::POST,
+            "/v1/routegroups",
+            Some(json!({ "name": "x-and-y", "members": ["feature-x", "users-y"] })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let group_key = body["routing_key"].as_str().unwrap().to_owned();
+    until_served(&sidecar, "backend", &group_key, "backend/feature-x").await;
+    until_served(&sidecar, "users", &group_key, "users/users-y").await;
+    // Each member's own key still forks only its own service.
+    until_served(&sidecar, "users", &key_x, "users/baseline").await;
+    until_served(&sidecar, "backend", &key_y, "backend/baseline").await;
+
+    // A member that would fork a service another member forks is refused.
+    let (status, body) = control
+        .api(
+            Method::PUT,
+            "/v1/sandboxes/users-y/forks",
+            Some(json!({ "forks": { "backend": ["10.9.9.9:80"] } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["field"], "forks");
+
+    // Deleting a member shrinks the group.
+    control
+        .api(Method::DELETE, "/v1/sandboxes/users-y", None)
+        .await
+        .unwrap();
+    until_served(&sidecar, "users", &group_key, "users/baseline").await;
+    until_served(&sidecar, "backend", &group_key, "backend/feature-x").await;
+}
+
+#[tokio::test]
+async fn routing_survives_the_control_service_being_killed_and_resyncs_after() {
+    let mut control = control().await;
+    let sidecar = sidecar(&control, "sidecar-d").await;
+    let key = create(
+        &control,
+        "feature-x",
+        json!({ "backend": [addr(&sidecar, 0)] }),
+    )
+    .await;
+    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+
+    control.kill();
+    poll_until(
+        "the proxy to notice the stream closed",
+        DEADLINE,
+        || async {
+            let stats = sidecar.envoy.stats().await.ok()?;
+            (stats.filter("sync.disconnects") >= 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // The last table keeps routing while the control service is away.
+    for _ in 0..20 {
+        let reply = sidecar
+            .get("backend", &[("baggage", baggage(&key).as_bytes())])
+            .await
+            .unwrap();
+        assert_eq!(reply.served_by(), "backend/feature-x");
+    }
+
+    control.restart().await.unwrap();
+    // After the restart the proxy resyncs, and new changes arrive.
+    let key_y = create(&control, "users-y", json!({ "users": [addr(&sidecar, 1)] })).await;
+    until_served(&sidecar, "users", &key_y, "users/users-y").await;
+    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+}
+
+#[tokio::test]
+async fn status_shows_each_proxy_and_the_version_it_applied() {
+    let control = control().await;
+    let first = sidecar(&control, "proxy-one").await;
+    let _second = sidecar(&control, "proxy-two").await;
+    let key = create(
+        &control,
+        "feature-x",
+        json!({ "backend": [addr(&first, 0)] }),
+    )
+    .await;
+    until_served(&first, "backend", &key, "backend/feature-x").await;
+    let proxies = poll_until("both proxies in sync at version 1", DEADLINE, || async {
+        let (_, body) = control.api(Method::GET, "/v1/proxies", None).await.ok()?;
+        let proxies = body["proxies"].as_array()?.clone();
+        let synced = proxies.iter().filter(|p| p["applied_version"] == 1).count();
+        (synced == 2).then_some(proxies)
+    })
+    .await
+    .unwrap();
+    let mut nodes: Vec<&str> = proxies
+        .iter()
+        .filter_map(|p| p["node_id"].as_str())
+        .collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["proxy-one", "proxy-two"]);
+
+    let output = control.cli(&["status"]).unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("Table version 1; 2 proxies connected."),
+        "{text}"
+    );
+    assert_eq!(text.matches("in sync").count(), 2, "{text}");
+
+    let metrics = reqwest::get(format!("{}/metrics", control.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sandbox_router_proxies_connected 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sandbox_router_proxies_in_sync 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn requests_through_a_kill_and_restart_never_fail() {
+    let mut control = control().await;
+    let sidecar = std::sync::Arc::new(sidecar(&control, "sidecar-load").await);
+    let key = create(
+        &control,
+        "feature-x",
+        json!({ "backend": [addr(&sidecar, 0)] }),
+    )
+    .await;
+    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+
+    // A load of requests (with and without the key) runs while the control
+    // service is killed, stays down, restarts and takes a new write.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (sidecar, stop, key) = (sidecar.clone(), stop.clone(), key.clone());
+        tokio::spawn(async move {
+            let (mut sent, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 20_000 {
+                let routed = sent % 2 == 0;
+                let headers: Vec<(&str, String)> = if routed {
+                    vec![("baggage", baggage(&key))]
+                } else {
+                    Vec::new()
+                };
+                let refs: Vec<(&str, &[u8])> =
+                    headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+                let expected = if routed {
+                    "backend/feature-x"
+                } else {
+                    "backend/baseline"
+                };
+                match sidecar.get("backend", &refs).await {
+                    Ok(reply) if reply.served_by() == expected => {}
+                    Ok(reply) => failed.push(format!("{expected}: {}", reply.served_by())),
+                    Err(err) => failed.push(err.to_string()),
+                }
+                sent += 1;
+            }
+            (sent, failed)
+        })
+    };
+    control.kill();
+    poll_until("the proxy to notice", DEADLINE, || async {
+        let stats = sidecar.envoy.stats().await.ok()?;
+        (stats.filter("sync.disconnects") >= 1).then_some(())
+    })
+    .await
+    .unwrap();
+    control.restart().await.unwrap();
+    let key_y = create(&control, "users-y", json!({ "users": [addr(&sidecar, 1)] })).await;
+    until_served(&sidecar, "users", &key_y, "users/users-y").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.await.unwrap();
+    println!(
+        "kill/restart under load: {sent} requests sent, {} failed",
+        failed.len()
+    );
+    assert!(sent > 100, "the load ran ({sent} requests)");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+#[tokio::test]
+async fn bad_api_input_is_refused_with_the_field_and_writes_nothing() {
+    let mut control = control().await;
+    create(&control, "existing", json!({ "backend": ["10.0.0.1:80"] })).await;
+    let (_, before) = control
+        .api(Method::GET, "/v1/sandboxes", None)
+        .await
+        .unwrap();
+    let cases: Vec<(Method, &str, Value, u16, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": "Bad Name", "forks": { "b": ["10.0.0.1:80"] } }),
+            400,
+            "name",
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": "ok", "forks": {} }),
+            400,
+            "forks",
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": "ok", "forks": { "b": ["b:80"] } }),
+            400,
+            "forks.b[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": "ok", "forks": { "b": ["10.0.0.1:0"] } }),
+            400,
+            "forks.b[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": "ok", "forks": { "b": ["10.0.0.1:80"] }, "ttl_seconds": 0 }),
+            400,
+            "ttl_seconds",
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": "ok", "forks": { "b": ["10.0.0.1:80"] }, "colour": "red" }),
+            400,
+            "colour",
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": 5, "forks": {} }),
+            400,
+            "name",
+        ),
+        (
+            Method::POST,
+            "/v1/sandboxes",
+            json!({ "name": "existing", "forks": { "b": ["10.0.0.1:80"] } }),
+            409,
+            "name",
+        ),
+        (
+            Method::PUT,
+            "/v1/sandboxes/existing/forks",
+            json!({ "forks": { "B": ["10.0.0.1:80"] } }),
+            400,
+            "forks.B",
+        ),
+        (
+            Method::POST,
+            "/v1/routegroups",
+            json!({ "name": "g", "members": ["nope"] }),
+            400,
+            "members[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/routegroups",
+            json!({ "name": "g" }),
+            400,
+            "members",
+        ),
+    ];
+    for (method, path, body, status, field) in cases {
+        let (got, answer) = control
+            .api(method.clone(), path, Some(body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{method} {path} {body}: {answer}");
+        assert_eq!(
+            answer["error"]["field"], field,
+            "{method} {path} {body}: {answer}"
+        );
+        assert!(
+            answer["error"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{answer}"
+        );
+    }
+    let (status, answer) = control
+        .api(Method::DELETE, "/v1/sandboxes/nope", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{answer}");
+    // Not JSON at all.
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/sandboxes", control.url()))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+
+    // Nothing was written, before or after a restart.
+    let (_, after) = control
+        .api(Method::GET, "/v1/sandboxes", None)
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+    control.restart().await.unwrap();
+    let (_, restarted) = control
+        .api(Method::GET, "/v1/sandboxes", None)
+        .await
+        .unwrap();
+    assert_eq!(restarted, before);
+}
+
+#[tokio::test]
+async fn writes_need_the_token_when_one_is_configured() {
+    let control = ControlService::start(Path::new(BIN), Some("s3cret"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let body = json!({ "name": "x", "forks": { "backend": ["10.0.0.1:80"] } });
+    for auth in [None, Some("Bearer wrong"), Some("s3cret")] {
+        let mut request = http
+            .post(format!("{}/v1/sandboxes", control.url()))
+            .json(&body);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401, "{auth:?}");
+    }
+    // Reads stay open; the right token writes.
+    let list = http
+        .get(format!("{}/v1/sandboxes", control.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    let (status, _) = control
+        .api(Method::POST, "/v1/sandboxes", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_sigkill() {
+    let mut control = control().await;
+    let mut keys = Vec::new();
+    for i in 0..30 {
+        keys.push(
+            create(
+                &control,
+                &format!("s{i}"),
+                json!({ "backend": [format!("10.0.0.{}:80", i + 1)] }),
+            )
+            .await,
+        );
+    }
+    control.kill();
+    control.restart().await.unwrap();
+    let (_, list) = control
+        .api(Method::GET, "/v1/sandboxes", None)
+        .await
+        .unwrap();
+    let mut stored: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["routing_key"].as_str())
+        .collect();
+    stored.sort_unstable();
+    keys.sort_unstable();
+    assert_eq!(stored, keys.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(list["version"], 30);
+}
