@@ -287,10 +287,13 @@ async fn status_shows_each_proxy_and_the_version_it_applied() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_through_a_kill_and_restart_never_fail() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
     let mut control = control().await;
-    let sidecar = std::sync::Arc::new(sidecar(&control, "sidecar-load").await);
+    let sidecar = Arc::new(sidecar(&control, "sidecar-load").await);
     let key = create(
         &control,
         "feature-x",
@@ -299,36 +302,55 @@ async fn requests_through_a_kill_and_restart_never_fail() {
     .await;
     until_served(&sidecar, "backend", &key, "backend/feature-x").await;
 
-    // A load of requests (with and without the key) runs while the control
-    // service is killed, stays down, restarts and takes a new write.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (sidecar, stop, key) = (sidecar.clone(), stop.clone(), key.clone());
-        tokio::spawn(async move {
-            let (mut sent, mut failed) = (0u64, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 20_000 {
-                let routed = sent % 2 == 0;
-                let headers: Vec<(&str, String)> = if routed {
-                    vec![("baggage", baggage(&key))]
-                } else {
-                    Vec::new()
-                };
-                let refs: Vec<(&str, &[u8])> =
-                    headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-                let expected = if routed {
-                    "backend/feature-x"
-                } else {
-                    "backend/baseline"
-                };
-                match sidecar.get("backend", &refs).await {
-                    Ok(reply) if reply.served_by() == expected => {}
-                    Ok(reply) => failed.push(format!("{expected}: {}", reply.served_by())),
-                    Err(err) => failed.push(err.to_string()),
+    // Four senders (half the requests with the key, half without) run while
+    // the control service is killed, stays down, restarts and takes a write.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (sidecar, stop, sent, key) =
+                (sidecar.clone(), stop.clone(), sent.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                // Bounded: stops by itself even if the test fails to signal it.
+                for n in 0..25_000u64 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let value = baggage(&key);
+                    let routed = n % 2 == 0;
+                    let headers: Vec<(&str, &[u8])> = if routed {
+                        vec![("baggage", value.as_bytes())]
+                    } else {
+                        Vec::new()
+                    };
+                    let expected = if routed {
+                        "backend/feature-x"
+                    } else {
+                        "backend/baseline"
+                    };
+                    match sidecar.get("backend", &headers).await {
+                        Ok(reply) if reply.served_by() == expected => {}
+                        Ok(reply) => {
+                            failed.push(format!("expected {expected}, got {}", reply.served_by()))
+                        }
+                        Err(err) => failed.push(err.to_string()),
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
                 }
-                sent += 1;
-            }
-            (sent, failed)
+                failed
+            })
         })
+        .collect();
+    let at_least = |n: u64| {
+        let sent = sent.clone();
+        async move {
+            poll_until("requests to be sent", Duration::from_secs(60), move || {
+                let sent = sent.clone();
+                async move { (sent.load(Ordering::Relaxed) >= n).then_some(()) }
+            })
+            .await
+        }
     };
     control.kill();
     poll_until("the proxy to notice", DEADLINE, || async {
@@ -337,16 +359,24 @@ async fn requests_through_a_kill_and_restart_never_fail() {
     })
     .await
     .unwrap();
+    let during_outage = sent.load(Ordering::Relaxed) + 2_000;
+    at_least(during_outage).await.unwrap();
     control.restart().await.unwrap();
     let key_y = create(&control, "users-y", json!({ "users": [addr(&sidecar, 1)] })).await;
     until_served(&sidecar, "users", &key_y, "users/users-y").await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, failed) = load.await.unwrap();
+    at_least(sent.load(Ordering::Relaxed) + 1_000)
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for sender in senders {
+        failed.extend(sender.await.unwrap());
+    }
+    let sent = sent.load(Ordering::Relaxed);
     println!(
         "kill/restart under load: {sent} requests sent, {} failed",
         failed.len()
     );
-    assert!(sent > 100, "the load ran ({sent} requests)");
     assert!(
         failed.is_empty(),
         "{} of {sent} failed, e.g. {:?}",
