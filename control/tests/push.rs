@@ -2,6 +2,9 @@
 //! deleted and expired through the API route (or stop routing) within a
 //! deadline; route groups; the control service killed and restarted.
 
+// Test code: a failed expectation should panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::time::Duration;
 

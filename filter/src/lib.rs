@@ -38,7 +38,7 @@ proxy_wasm::main! {{
 enum Root {
     Unconfigured,
     Filter(FilterRoot),
-    Sync(SyncRoot),
+    Sync(Box<SyncRoot>),
 }
 
 /// One per plugin configuration per VM (one VM per Envoy worker).
@@ -157,7 +157,7 @@ impl Root {
         };
         match self {
             Root::Sync(sync) => sync.reconfigure(settings),
-            _ => *self = Root::Sync(SyncRoot::new(settings)),
+            _ => *self = Root::Sync(Box::new(SyncRoot::new(settings))),
         }
         if let Root::Sync(sync) = self {
             sync.start();
