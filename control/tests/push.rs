@@ -24,12 +24,12 @@ async fn control() -> ControlService {
 }
 
 /// A sidecar on the pushed table (no `table` in the filter configuration),
-/// with sandboxed `backend/feature-x` and `users/users-y` workloads.
+/// with sandboxed `backend/feature-x` and `frontend/frontend-y` workloads.
 async fn sidecar(control: &ControlService, node_id: &str) -> Sidecar {
     let options = SidecarOptions {
         sandboxes: vec![
             ("backend".into(), "feature-x".into()),
-            ("users".into(), "users-y".into()),
+            ("frontend".into(), "frontend-y".into()),
         ],
         node_id: node_id.to_owned(),
         control: Some(control.addr()),
@@ -91,23 +91,23 @@ async fn a_created_sandbox_routes_and_a_deleted_one_stops() {
     .await;
     until_served(&sidecar, "backend", &key, "backend/feature-x").await;
     // Other services and other keys are untouched.
-    let users = sidecar
-        .get("users", &[("baggage", baggage(&key).as_bytes())])
+    let frontend = sidecar
+        .get("frontend", &[("baggage", baggage(&key).as_bytes())])
         .await
         .unwrap();
-    assert_eq!(users.served_by(), "users/baseline");
+    assert_eq!(frontend.served_by(), "frontend/baseline");
 
     // Changing the forks moves the route.
     let (status, body) = control
         .api(
             Method::PUT,
             "/v1/sandboxes/feature-x/forks",
-            Some(json!({ "forks": { "users": [addr(&sidecar, 1)] } })),
+            Some(json!({ "forks": { "frontend": [addr(&sidecar, 1)] } })),
         )
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    until_served(&sidecar, "users", &key, "users/users-y").await;
+    until_served(&sidecar, "frontend", &key, "frontend/frontend-y").await;
     until_served(&sidecar, "backend", &key, "backend/baseline").await;
 
     let (status, _) = control
@@ -115,14 +115,14 @@ async fn a_created_sandbox_routes_and_a_deleted_one_stops() {
         .await
         .unwrap();
     assert_eq!(status, 200);
-    until_served(&sidecar, "users", &key, "users/baseline").await;
+    until_served(&sidecar, "frontend", &key, "frontend/baseline").await;
     let reply = sidecar
-        .get("users", &[("baggage", baggage(&key).as_bytes())])
+        .get("frontend", &[("baggage", baggage(&key).as_bytes())])
         .await
         .unwrap();
     assert_eq!(
         reply.decision.as_deref(),
-        Some("baseline; reason=unknown_key; source=baggage; service=users")
+        Some("baseline; reason=unknown_key; source=baggage; service=frontend")
     );
 }
 
@@ -161,28 +161,33 @@ async fn a_route_group_combines_two_sandboxes() {
         json!({ "backend": [addr(&sidecar, 0)] }),
     )
     .await;
-    let key_y = create(&control, "users-y", json!({ "users": [addr(&sidecar, 1)] })).await;
+    let key_y = create(
+        &control,
+        "frontend-y",
+        json!({ "frontend": [addr(&sidecar, 1)] }),
+    )
+    .await;
     let (status, body) = control
         .api(
             Method::POST,
             "/v1/routegroups",
-            Some(json!({ "name": "x-and-y", "members": ["feature-x", "users-y"] })),
+            Some(json!({ "name": "x-and-y", "members": ["feature-x", "frontend-y"] })),
         )
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}");
     let group_key = body["routing_key"].as_str().unwrap().to_owned();
     until_served(&sidecar, "backend", &group_key, "backend/feature-x").await;
-    until_served(&sidecar, "users", &group_key, "users/users-y").await;
+    until_served(&sidecar, "frontend", &group_key, "frontend/frontend-y").await;
     // Each member's own key still forks only its own service.
-    until_served(&sidecar, "users", &key_x, "users/baseline").await;
+    until_served(&sidecar, "frontend", &key_x, "frontend/baseline").await;
     until_served(&sidecar, "backend", &key_y, "backend/baseline").await;
 
     // A member that would fork a service another member forks is refused.
     let (status, body) = control
         .api(
             Method::PUT,
-            "/v1/sandboxes/users-y/forks",
+            "/v1/sandboxes/frontend-y/forks",
             Some(json!({ "forks": { "backend": ["10.9.9.9:80"] } })),
         )
         .await
@@ -192,10 +197,10 @@ async fn a_route_group_combines_two_sandboxes() {
 
     // Deleting a member shrinks the group.
     control
-        .api(Method::DELETE, "/v1/sandboxes/users-y", None)
+        .api(Method::DELETE, "/v1/sandboxes/frontend-y", None)
         .await
         .unwrap();
-    until_served(&sidecar, "users", &group_key, "users/baseline").await;
+    until_served(&sidecar, "frontend", &group_key, "frontend/baseline").await;
     until_served(&sidecar, "backend", &group_key, "backend/feature-x").await;
 }
 
@@ -233,8 +238,13 @@ async fn routing_survives_the_control_service_being_killed_and_resyncs_after() {
 
     control.restart().await.unwrap();
     // After the restart the proxy resyncs, and new changes arrive.
-    let key_y = create(&control, "users-y", json!({ "users": [addr(&sidecar, 1)] })).await;
-    until_served(&sidecar, "users", &key_y, "users/users-y").await;
+    let key_y = create(
+        &control,
+        "frontend-y",
+        json!({ "frontend": [addr(&sidecar, 1)] }),
+    )
+    .await;
+    until_served(&sidecar, "frontend", &key_y, "frontend/frontend-y").await;
     until_served(&sidecar, "backend", &key, "backend/feature-x").await;
 }
 
@@ -365,8 +375,13 @@ async fn requests_through_a_kill_and_restart_never_fail() {
     let during_outage = sent.load(Ordering::Relaxed) + 2_000;
     at_least(during_outage).await.unwrap();
     control.restart().await.unwrap();
-    let key_y = create(&control, "users-y", json!({ "users": [addr(&sidecar, 1)] })).await;
-    until_served(&sidecar, "users", &key_y, "users/users-y").await;
+    let key_y = create(
+        &control,
+        "frontend-y",
+        json!({ "frontend": [addr(&sidecar, 1)] }),
+    )
+    .await;
+    until_served(&sidecar, "frontend", &key_y, "frontend/frontend-y").await;
     at_least(sent.load(Ordering::Relaxed) + 1_000)
         .await
         .unwrap();

@@ -1,227 +1,396 @@
-//! `make demo`: one sidecar Envoy running the sandbox-router filter in front
-//! of two services, `backend` and `users`. `backend` also has a sandboxed
-//! version, `feature-x`, that gets no normal traffic. The demo sends requests
-//! with and without routing context, in every header format, and prints who
-//! answered and what the filter decided. Everything it starts stops when it
-//! ends, or on Ctrl-C.
+//! `make demo`: sandbox-router end to end, on the embedded defaults.
+//!
+//! ```text
+//! client ──► edge Envoy ──► frontend ──► frontend's sidecar Envoy ──► backend
+//!              (filter)     baseline          (filter)                 baseline
+//!                           frontend-v2                                backend-v2
+//!                 ▲                                 ▲
+//!                 └── routing table pushed by `sandbox-router serve` (SQLite store)
+//! ```
+//!
+//! Both Envoys run the shipped `envoy-config/sidecar.yaml` with the shipped
+//! `filter-config.json`; the apps propagate the tracing context; sandboxes are
+//! created with the real CLI. Every answer is checked, and the demo exits
+//! non-zero if one lands anywhere unexpected. Everything it starts stops when
+//! it ends, or on Ctrl-C.
 
-use anyhow::Result;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
 use sandbox_router_proto::v1::{r#override::Target, Override, Overrides};
 use sandbox_router_routing::mint::{self, Carried};
 use sandbox_router_routing::Source;
-use testbed::{render, shipped_config, Sidecar, SidecarOptions};
-
-/// The routing key of sandbox `feature-x` in `envoy-config/filter-config-static.json`.
-const KEY: &str = "k7f3q9x2m4feature";
+use testbed::{
+    get_via, poll_until, shipped_config, sidecar_config, wait_for_filter, ControlService,
+    EchoService, Envoy, NextHop, Reply, SidecarPorts,
+};
 
 #[tokio::main]
 async fn main() -> Result<()> {
     tokio::select! {
         result = run() => result,
         _ = tokio::signal::ctrl_c() => {
-            // Returning drops the sidecar, which stops Envoy and the services.
-            println!("\nInterrupted: stopping Envoy and the demo services.");
+            // Returning drops everything, which stops Envoy and the services.
+            println!("\nInterrupted: stopping the Envoys, the control service and the demo services.");
             Ok(())
         }
     }
 }
 
+struct Demo {
+    control: ControlService,
+    edge: Envoy,
+    edge_listener: SocketAddr,
+    sidecar: Envoy,
+    http: reqwest::Client,
+    unexpected: usize,
+    _services: Vec<EchoService>,
+}
+
 async fn run() -> Result<()> {
     println!("sandbox-router demo\n");
-    println!("Starting: baseline backend, baseline users, sandboxed backend `feature-x`,");
-    println!("and a real Envoy (envoy-config/sidecar.yaml) running the sandbox-router filter");
-    println!("with the table from envoy-config/filter-config-static.json.\n");
-    let options = SidecarOptions {
-        sandboxes: vec![("backend".into(), "feature-x".into())],
-        ..SidecarOptions::default()
-    };
-    let template = shipped_config("filter-config-static.json")?;
-    let sidecar = Sidecar::start(options, |addrs| {
-        let sandbox = addrs.first().map(ToString::to_string).unwrap_or_default();
-        render(&template, &[("BACKEND_SANDBOX", &sandbox)])
-    })
+    println!("  client ──► edge Envoy ──► frontend ──► frontend's sidecar Envoy ──► backend");
+    println!("  Both Envoys run the sandbox-router filter; the control service pushes the routing table to both.");
+    println!("  The apps pass the tracing context (baggage etc.) on to the calls they make, as instrumented apps do.\n");
+    let mut demo = Demo::start().await?;
+    let backend_v2 = demo._services[1].addr();
+    let frontend_v2 = demo._services[3].addr();
+
+    step("A normal request: no routing context, baseline all the way.");
+    demo.request(
+        "no routing context",
+        &[] as &[(&str, &str)],
+        "frontend/baseline -> backend/baseline",
+    )
     .await?;
+
+    step("Create a sandbox for a changed backend (already running, receiving no traffic) with the CLI.");
+    let out = demo.cli(&[
+        "sandbox",
+        "create",
+        "backend-v2",
+        "--fork",
+        &format!("backend={backend_v2}"),
+    ])?;
+    let key = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("routing key: "))
+        .ok_or_else(|| anyhow!("no routing key in:\n{out}"))?
+        .to_owned();
+    let waited = demo
+        .until_routed(&key, "frontend/baseline -> backend/backend-v2")
+        .await?;
     println!(
-        "  envoy        pid {}, listening on {}, admin on {}",
-        sidecar.envoy.pid(),
-        sidecar.listener,
-        sidecar.envoy.admin()
-    );
-    println!(
-        "  backend      baseline  on {}",
-        sidecar.backend_baseline.addr()
-    );
-    println!(
-        "  backend      feature-x on {}  (sandboxed: reachable only via routing key {KEY})",
-        sidecar
-            .sandboxes
-            .first()
-            .map(|s| s.addr().to_string())
-            .unwrap_or_default()
-    );
-    println!(
-        "  users        baseline  on {}\n",
-        sidecar.users_baseline.addr()
+        "  Both Envoys had the new table {} ms after the API acknowledged the write.\n",
+        waited.as_millis()
     );
 
-    let sandbox_addr = sidecar
-        .sandboxes
-        .first()
-        .map(|s| s.addr().to_string())
-        .unwrap_or_default();
+    step("A request carrying the routing key in W3C baggage: the frontend's sidecar sends the backend call to the sandbox.");
+    let baggage = format!("sandbox-routing-key={key}");
+    demo.request(
+        "routing key in baggage",
+        &[("baggage", baggage.clone())],
+        "frontend/baseline -> backend/backend-v2",
+    )
+    .await?;
+
+    step("The same key in each header format the filter reads (the frontend passes each one on):");
+    for format in Source::DEFAULT_ORDER {
+        let lines = mint::headers(format, &Carried::default_names(Some(&key), None));
+        demo.request(
+            format_name(format),
+            &lines,
+            "frontend/baseline -> backend/backend-v2",
+        )
+        .await?;
+    }
     let overrides = Overrides {
         overrides: vec![Override {
             service: "backend".into(),
-            target: Some(Target::Sandbox("feature-x".into())),
+            target: Some(Target::Sandbox("backend-v2".into())),
             endpoint: String::new(),
         }],
     };
-    let mut steps: Vec<Step> = vec![Step::new(
-        "no routing context: normal traffic stays on the baseline",
-        "backend",
-        Vec::new(),
-        "backend/baseline",
-    )];
-    for format in Source::DEFAULT_ORDER {
-        steps.push(Step::new(
-            format_title(format),
-            "backend",
-            minted(format, Some(KEY), None),
-            "backend/feature-x",
-        ));
-    }
-    steps.push(Step::new(
-        "an Overrides protobuf (Lyft style) in W3C baggage: backend -> sandbox feature-x",
-        "backend",
-        minted(Source::Baggage, None, Some(&overrides)),
-        "backend/feature-x",
-    ));
-    steps.push(Step::new(
-        "the same Overrides inside x-ot-span-context baggage",
-        "backend",
-        minted(Source::XOtSpanContext, None, Some(&overrides)),
-        "backend/feature-x",
-    ));
-    steps.push(Step::new(
-        "the alias key name sd-routing-key (as a Signadot user would send)",
-        "backend",
-        vec![("baggage".into(), format!("sd-routing-key={KEY}"))],
-        "backend/feature-x",
-    ));
-    steps.push(Step::new(
-        "the key forks backend only: a call to users stays on its baseline",
-        "users",
-        minted(Source::Baggage, Some(KEY), None),
-        "users/baseline",
-    ));
-    steps.push(Step::new(
-        "a routing key the table does not know",
-        "backend",
-        minted(Source::Baggage, Some("no-such-key"), None),
-        "backend/baseline",
-    ));
-    steps.push(Step::new(
-        "a client tries to steer Envoy itself: the filter removes these headers",
-        "backend",
-        vec![
-            ("x-envoy-original-dst-host".into(), sandbox_addr.clone()),
-            ("x-sandbox-router-route".into(), "1".into()),
+    let lines = mint::headers(
+        Source::XOtSpanContext,
+        &Carried::default_names(None, Some(&overrides)),
+    );
+    demo.request(
+        "Overrides protobuf in x-ot-span-context (Lyft style)",
+        &lines,
+        "frontend/baseline -> backend/backend-v2",
+    )
+    .await?;
+
+    step("A second sandbox for a changed frontend, and a route group that tests both changes together.");
+    demo.cli(&[
+        "sandbox",
+        "create",
+        "frontend-v2",
+        "--fork",
+        &format!("frontend={frontend_v2}"),
+    ])?;
+    let out = demo.cli(&[
+        "group",
+        "create",
+        "both-changes",
+        "--member",
+        "frontend-v2",
+        "--member",
+        "backend-v2",
+    ])?;
+    let group_key = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("routing key: "))
+        .ok_or_else(|| anyhow!("no routing key in:\n{out}"))?
+        .to_owned();
+    demo.until_routed(&group_key, "frontend/frontend-v2 -> backend/backend-v2")
+        .await?;
+    demo.request(
+        "route group key",
+        &[("baggage", format!("sandbox-routing-key={group_key}"))],
+        "frontend/frontend-v2 -> backend/backend-v2",
+    )
+    .await?;
+    demo.request(
+        "backend-v2's own key still forks only the backend",
+        &[("baggage", baggage.clone())],
+        "frontend/baseline -> backend/backend-v2",
+    )
+    .await?;
+
+    step("What the control service knows about the proxies:");
+    demo.cli(&["status"])?;
+
+    step("Nobody can route a request anywhere they like:");
+    demo.request(
+        "client sends Envoy's routing headers itself",
+        &[
+            ("x-envoy-original-dst-host", backend_v2.to_string()),
+            ("x-sandbox-router-route", "1".into()),
         ],
-        "backend/baseline",
-    ));
+        "frontend/baseline -> backend/baseline",
+    )
+    .await?;
+    demo.request(
+        "a routing key nobody created",
+        &[("baggage", "sandbox-routing-key=guessed-key")],
+        "frontend/baseline -> backend/baseline",
+    )
+    .await?;
 
-    println!("Requests through the sidecar (GET / with the host and headers shown):\n");
-    let mut unexpected = 0;
-    for (i, step) in steps.iter().enumerate() {
-        let refs: Vec<(&str, &[u8])> = step
-            .headers
+    step("The control service is killed (SIGKILL): the Envoys keep routing by the last table.");
+    demo.control.kill();
+    demo.request(
+        "routing key in baggage, control service down",
+        &[("baggage", baggage.clone())],
+        "frontend/baseline -> backend/backend-v2",
+    )
+    .await?;
+    demo.control.restart().await?;
+    println!("  (restarted on the same store)\n");
+
+    step("Delete the backend sandbox: its key falls back to the baseline.");
+    demo.cli(&["sandbox", "delete", "backend-v2"])?;
+    demo.until_routed(&key, "frontend/baseline -> backend/baseline")
+        .await?;
+    demo.request(
+        "routing key of the deleted sandbox",
+        &[("baggage", baggage)],
+        "frontend/baseline -> backend/baseline",
+    )
+    .await?;
+
+    step("Filter counters (Envoy admin /stats, wasmcustom.sandbox_router.*):");
+    for (name, envoy) in [("edge", &demo.edge), ("frontend's sidecar", &demo.sidecar)] {
+        let stats = envoy.stats().await?;
+        let moved: Vec<String> = stats
+            .0
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .filter(|(n, v)| n.starts_with("wasmcustom.sandbox_router.") && **v > 0)
+            .map(|(n, v)| format!("{}={v}", n.trim_start_matches("wasmcustom.sandbox_router.")))
             .collect();
-        let reply = sidecar.get(step.host, &refs).await?;
-        let served = reply.served_by();
-        let verdict = if served == step.expect {
-            "ok"
-        } else {
-            "UNEXPECTED"
-        };
-        if served != step.expect {
-            unexpected += 1;
-        }
-        println!("{:>2}. {}", i + 1, step.title);
-        println!("    host: {}", step.host);
-        for (name, value) in &step.headers {
-            println!("    {name}: {}", shorten(value));
-        }
-        println!(
-            "    -> answered by {served}  [{verdict}, expected {}]",
-            step.expect
-        );
-        println!(
-            "       filter said: {}",
-            reply.decision.as_deref().unwrap_or("-")
-        );
-        println!();
+        println!("  {name:<20} {}", moved.join(" "));
     }
-
-    let stats = sidecar.envoy.stats().await?;
-    println!("Filter counters (Envoy admin /stats, wasmcustom.sandbox_router.*):");
-    for (name, value) in stats
-        .0
-        .iter()
-        .filter(|(n, _)| n.starts_with("wasmcustom.sandbox_router."))
-    {
-        println!("  {name:<58} {value}");
+    println!();
+    if demo.unexpected > 0 {
+        bail!("{} request(s) did not land where expected", demo.unexpected);
     }
-    println!("\n(One more no_context than above: the readiness check made before the first step.)");
-    println!("Done: stopping Envoy and the demo services.");
-    if unexpected > 0 {
-        anyhow::bail!("{unexpected} request(s) did not land where expected");
-    }
+    println!("Done: every request landed where expected. Stopping the Envoys, the control service and the demo services.");
     Ok(())
 }
 
-struct Step {
-    title: String,
-    host: &'static str,
-    headers: Vec<(String, String)>,
-    /// `service/version` that should answer.
-    expect: &'static str,
-}
+impl Demo {
+    async fn start() -> Result<Demo> {
+        let binary = control_binary()?;
+        let control = ControlService::start(&binary, None).await?;
+        println!(
+            "  control service  {} (SQLite store {})",
+            control.url(),
+            control.db().display()
+        );
 
-impl Step {
-    fn new(
-        title: impl Into<String>,
-        host: &'static str,
-        headers: Vec<(String, String)>,
-        expect: &'static str,
-    ) -> Self {
-        Step {
-            title: title.into(),
-            host,
-            headers,
-            expect,
+        // Backends: the baseline, and a changed version that gets no normal traffic.
+        let backend = EchoService::start("backend", "baseline").await?;
+        let backend_v2 = EchoService::start("backend", "backend-v2").await?;
+        let filter_config = shipped_config("filter-config.json")?;
+        // The frontend's sidecar routes its calls to `backend`.
+        let sidecar_ports = SidecarPorts {
+            backend_baseline: backend.addr().port(),
+            frontend_baseline: 1,
+            control: control.addr().port(),
+        };
+        let sidecar = Envoy::start(
+            &sidecar_config("frontend-sidecar", &sidecar_ports, &filter_config)?,
+            1,
+        )
+        .await?;
+        let sidecar_listener = sidecar.listener("outbound").await?;
+        let next = Some(NextHop {
+            via: sidecar_listener,
+            host: "backend".into(),
+        });
+        let frontend = EchoService::start_calling("frontend", "baseline", next.clone()).await?;
+        let frontend_v2 = EchoService::start_calling("frontend", "frontend-v2", next).await?;
+        // The edge routes client requests to `frontend`.
+        let edge_ports = SidecarPorts {
+            backend_baseline: 1,
+            frontend_baseline: frontend.addr().port(),
+            control: control.addr().port(),
+        };
+        let edge = Envoy::start(&sidecar_config("edge", &edge_ports, &filter_config)?, 1).await?;
+        let edge_listener = edge.listener("outbound").await?;
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        wait_for_filter(&sidecar, &http, sidecar_listener, "backend").await?;
+        wait_for_filter(&edge, &http, edge_listener, "frontend").await?;
+        println!(
+            "  edge Envoy       pid {}, listening on {}",
+            edge.pid(),
+            edge_listener
+        );
+        println!(
+            "  frontend         baseline on {}, frontend-v2 on {}",
+            frontend.addr(),
+            frontend_v2.addr()
+        );
+        println!(
+            "  frontend sidecar pid {}, listening on {}",
+            sidecar.pid(),
+            sidecar_listener
+        );
+        println!(
+            "  backend          baseline on {}, backend-v2 on {}\n",
+            backend.addr(),
+            backend_v2.addr()
+        );
+        Ok(Demo {
+            control,
+            edge,
+            edge_listener,
+            sidecar,
+            http,
+            unexpected: 0,
+            _services: vec![backend, backend_v2, frontend, frontend_v2],
+        })
+    }
+
+    /// Sends `GET / Host: frontend` to the edge and checks who answered.
+    async fn request<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        what: &str,
+        headers: &[(N, V)],
+        expect: &str,
+    ) -> Result<Reply> {
+        let refs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_ref(), v.as_ref().as_bytes()))
+            .collect();
+        let reply = get_via(&self.http, self.edge_listener, "frontend", &refs).await?;
+        let served = reply.served_by();
+        let verdict = if served == expect { "ok" } else { "UNEXPECTED" };
+        if served != expect {
+            self.unexpected += 1;
         }
+        println!("  {what}");
+        for (name, value) in headers {
+            println!(
+                "      {}: {}",
+                name.as_ref() as &str,
+                shorten(value.as_ref())
+            );
+        }
+        println!("    -> {served}  [{verdict}]\n");
+        Ok(reply)
+    }
+
+    /// Polls until a request with `key` is answered by `expect`; returns how long it took.
+    async fn until_routed(&self, key: &str, expect: &str) -> Result<Duration> {
+        let start = Instant::now();
+        let value = format!("sandbox-routing-key={key}");
+        poll_until(
+            &format!("requests with {key} to reach {expect}"),
+            Duration::from_secs(10),
+            || async {
+                let reply = get_via(
+                    &self.http,
+                    self.edge_listener,
+                    "frontend",
+                    &[("baggage", value.as_bytes())],
+                )
+                .await
+                .ok()?;
+                (reply.served_by() == expect).then_some(())
+            },
+        )
+        .await?;
+        Ok(start.elapsed())
+    }
+
+    /// Runs the CLI and shows the command and its output.
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        println!("  $ sandbox-router {}", args.join(" "));
+        let output = self.control.cli(args)?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        for line in text.lines() {
+            println!("    {line}");
+        }
+        if !output.status.success() {
+            bail!(
+                "sandbox-router {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        println!();
+        Ok(text)
     }
 }
 
-fn format_title(format: Source) -> String {
-    let how = match format {
+/// `sandbox-router`, built next to this binary (`make build`).
+fn control_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let binary = dir.join("sandbox-router");
+    if !binary.exists() {
+        bail!("no {} (run `make build`)", binary.display());
+    }
+    Ok(binary)
+}
+
+fn step(text: &str) {
+    println!("== {text}\n");
+}
+
+fn format_name(format: Source) -> &'static str {
+    match format {
         Source::Baggage => "W3C baggage (OpenTelemetry)",
         Source::OtBaggage => "ot-baggage-* (OpenTracing)",
         Source::Uberctx => "uberctx-* (Jaeger)",
         Source::Tracestate => "W3C tracestate, with a valid traceparent",
         Source::XOtSpanContext => "x-ot-span-context (OpenTracing binary carrier, base64)",
-    };
-    format!("routing key in {how}: backend -> sandbox feature-x")
-}
-
-fn minted(
-    format: Source,
-    key: Option<&str>,
-    overrides: Option<&Overrides>,
-) -> Vec<(String, String)> {
-    mint::headers(format, &Carried::default_names(key, overrides))
+    }
 }
 
 fn shorten(value: &str) -> String {

@@ -12,6 +12,19 @@ fn demo_runs_and_every_request_lands_where_expected() {
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.matches("[ok,").count(), 12, "{stdout}");
     assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
+    // The two-hop route created with the CLI, and the route group.
+    assert!(
+        stdout.contains("-> frontend/baseline -> backend/backend-v2  [ok]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-> frontend/frontend-v2 -> backend/backend-v2  [ok]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Table version 3; 2 proxies connected."),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("[ok]").count(), 14, "{stdout}");
 }

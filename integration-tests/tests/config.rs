@@ -8,7 +8,7 @@ use testbed::{render, shipped_config, sidecar_config, Envoy, SidecarPorts};
 
 const PORTS: SidecarPorts = SidecarPorts {
     backend_baseline: 8081,
-    users_baseline: 8083,
+    frontend_baseline: 8083,
     control: 7070,
 };
 
@@ -107,9 +107,9 @@ async fn destination_can_come_from_the_cluster_name() {
         "{:?}",
         reply.decision
     );
-    let users = sidecar.get("users", &[BAGGAGE_KEY_X]).await.unwrap();
+    let frontend = sidecar.get("frontend", &[BAGGAGE_KEY_X]).await.unwrap();
     assert_eq!(
-        users.decision.as_deref(),
-        Some("baseline; reason=no_fork_for_service; source=baggage; service=users_baseline")
+        frontend.decision.as_deref(),
+        Some("baseline; reason=no_fork_for_service; source=baggage; service=frontend_baseline")
     );
 }

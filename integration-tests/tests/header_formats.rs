@@ -135,7 +135,7 @@ async fn overrides_route_by_sandbox_key_or_registered_endpoint() {
 #[tokio::test]
 async fn an_override_for_one_service_leaves_others_on_their_key() {
     let sidecar = sidecar().await;
-    // Overrides fork backend; the routing key (users-y) still applies to users.
+    // Overrides fork backend; the routing key (frontend-y) still applies to frontend.
     let overrides = Overrides {
         overrides: vec![Override {
             service: "backend".into(),
@@ -146,8 +146,8 @@ async fn an_override_for_one_service_leaves_others_on_their_key() {
     let lines = carrying(Source::Baggage, Some(KEY_Y), Some(&overrides));
     let backend = sidecar.get("backend", &as_refs(&lines)).await.unwrap();
     assert_eq!(backend.served_by(), "backend/feature-x");
-    let users = sidecar.get("users", &as_refs(&lines)).await.unwrap();
-    assert_eq!(users.served_by(), "users/users-y");
+    let frontend = sidecar.get("frontend", &as_refs(&lines)).await.unwrap();
+    assert_eq!(frontend.served_by(), "frontend/frontend-y");
 }
 
 #[tokio::test]

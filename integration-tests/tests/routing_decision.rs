@@ -27,7 +27,7 @@ async fn misses_stay_on_the_baseline_and_are_counted_by_reason() {
         ),
         (
             "key without a fork for this service",
-            "users",
+            "frontend",
             &[BAGGAGE_KEY_X],
             "baseline.no_fork_for_service",
         ),
@@ -54,7 +54,7 @@ async fn misses_stay_on_the_baseline_and_are_counted_by_reason() {
             "backend",
             &[(
                 "baggage",
-                b"sandbox-routing-key=key-feature-x,sandbox-routing-key=key-users-y",
+                b"sandbox-routing-key=key-feature-x,sandbox-routing-key=key-frontend-y",
             )],
             "baseline.malformed",
         ),
@@ -94,7 +94,7 @@ async fn misses_stay_on_the_baseline_and_are_counted_by_reason() {
 async fn spoofed_internal_headers_are_removed_before_deciding() {
     let sidecar = sidecar().await;
     let sandbox = sidecar.sandboxes[0].addr().to_string();
-    let users_sandbox = sidecar.sandboxes[1].addr().to_string();
+    let frontend_sandbox = sidecar.sandboxes[1].addr().to_string();
     // Without a key: the spoofed address and marker are dropped -> baseline.
     for headers in [
         vec![("x-envoy-original-dst-host", sandbox.as_bytes())],
@@ -119,7 +119,7 @@ async fn spoofed_internal_headers_are_removed_before_deciding() {
             "backend",
             &[
                 BAGGAGE_KEY_X,
-                ("x-envoy-original-dst-host", users_sandbox.as_bytes()),
+                ("x-envoy-original-dst-host", frontend_sandbox.as_bytes()),
                 ("x-sandbox-router-route", b"1"),
             ],
         )
@@ -156,7 +156,7 @@ async fn internal_headers_do_not_reach_the_sandbox() {
 async fn overrides_never_reach_an_unregistered_endpoint() {
     let sidecar = sidecar().await;
     let admin = sidecar.envoy.admin().to_string();
-    let users_sandbox = sidecar.sandboxes[1].addr().to_string();
+    let frontend_sandbox = sidecar.sandboxes[1].addr().to_string();
     let baseline = sidecar.backend_baseline.addr().to_string();
     let cases = [
         (
@@ -174,7 +174,7 @@ async fn overrides_never_reach_an_unregistered_endpoint() {
         (
             "another service's fork",
             None,
-            users_sandbox.clone(),
+            frontend_sandbox.clone(),
             "baseline.unregistered_endpoint",
         ),
         (
@@ -186,7 +186,7 @@ async fn overrides_never_reach_an_unregistered_endpoint() {
         (
             "another sandbox's endpoint under this sandbox",
             Some(Target::Sandbox("feature-x".into())),
-            users_sandbox,
+            frontend_sandbox,
             "baseline.unregistered_endpoint",
         ),
         (
@@ -232,8 +232,8 @@ async fn overrides_never_reach_an_unregistered_endpoint() {
     // Overrides that name only another service: no fork for this one.
     let other = Overrides {
         overrides: vec![Override {
-            service: "users".into(),
-            target: Some(Target::Sandbox("users-y".into())),
+            service: "frontend".into(),
+            target: Some(Target::Sandbox("frontend-y".into())),
             endpoint: String::new(),
         }],
     };

@@ -1,13 +1,15 @@
 //! A tiny HTTP service standing in for one version of one service: it answers
 //! every request with who it is and the headers it received, so a test can
-//! see where a request landed and what reached the upstream.
+//! see where a request landed and what reached the upstream. Given a next hop,
+//! it first calls that service through its sidecar, propagating the tracing
+//! context as an instrumented application does, and includes the answer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use anyhow::Result;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -22,6 +24,37 @@ pub struct EchoReply {
     pub addr: String,
     /// Request headers as received (lossy UTF-8; repeated names joined by `, `).
     pub headers: BTreeMap<String, String>,
+    /// The next hop's answer, when this service calls one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<Box<EchoReply>>,
+}
+
+impl EchoReply {
+    /// `service/version`, followed by ` -> ` and the next hop's, if any.
+    pub fn chain(&self) -> String {
+        let mut text = format!("{}/{}", self.service, self.version);
+        if let Some(next) = &self.downstream {
+            text.push_str(" -> ");
+            text.push_str(&next.chain());
+        }
+        text
+    }
+}
+
+/// Where a service calls next: `host` through the sidecar listening on `via`.
+#[derive(Debug, Clone)]
+pub struct NextHop {
+    pub via: SocketAddr,
+    pub host: String,
+}
+
+/// Headers an OpenTelemetry / OpenTracing / Jaeger instrumented app passes on.
+fn is_propagated(name: &str) -> bool {
+    matches!(
+        name,
+        "baggage" | "traceparent" | "tracestate" | "x-ot-span-context"
+    ) || name.starts_with("ot-baggage-")
+        || name.starts_with("uberctx-")
 }
 
 pub struct EchoService {
@@ -36,17 +69,30 @@ struct Identity {
     service: String,
     version: String,
     addr: String,
+    next: Option<NextHop>,
+    http: reqwest::Client,
 }
 
 impl EchoService {
     /// Serves on a free loopback port until dropped.
     pub async fn start(service: &str, version: &str) -> Result<EchoService> {
+        Self::start_calling(service, version, None).await
+    }
+
+    /// Like `start`, but every request first calls `next`.
+    pub async fn start_calling(
+        service: &str,
+        version: &str,
+        next: Option<NextHop>,
+    ) -> Result<EchoService> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let identity = Identity {
             service: service.to_owned(),
             version: version.to_owned(),
             addr: addr.to_string(),
+            next,
+            http: reqwest::Client::builder().no_proxy().build()?,
         };
         let app = axum::Router::new().fallback(answer).with_state(identity);
         let (tx, rx) = oneshot::channel::<()>();
@@ -78,7 +124,10 @@ impl Drop for EchoService {
     }
 }
 
-async fn answer(State(identity): State<Identity>, headers: HeaderMap) -> Json<EchoReply> {
+async fn answer(
+    State(identity): State<Identity>,
+    headers: HeaderMap,
+) -> Result<Json<EchoReply>, (StatusCode, String)> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -89,10 +138,35 @@ async fn answer(State(identity): State<Identity>, headers: HeaderMap) -> Json<Ec
             })
             .or_insert(value);
     }
-    Json(EchoReply {
+    let downstream = match &identity.next {
+        Some(next) => Some(Box::new(
+            call(&identity.http, next, &headers).await.map_err(|e| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("{} calling {}: {e}", identity.service, next.host),
+                )
+            })?,
+        )),
+        None => None,
+    };
+    Ok(Json(EchoReply {
         service: identity.service,
         version: identity.version,
         addr: identity.addr,
         headers: seen,
-    })
+        downstream,
+    }))
+}
+
+async fn call(http: &reqwest::Client, next: &NextHop, incoming: &HeaderMap) -> Result<EchoReply> {
+    let mut request = http
+        .get(format!("http://{}/", next.via))
+        .header(reqwest::header::HOST, next.host.as_str());
+    for (name, value) in incoming
+        .iter()
+        .filter(|(name, _)| is_propagated(name.as_str()))
+    {
+        request = request.header(name.as_str(), value.as_bytes());
+    }
+    Ok(request.send().await?.error_for_status()?.json().await?)
 }

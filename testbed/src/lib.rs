@@ -15,10 +15,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use control::ControlService;
-pub use echo::{EchoReply, EchoService};
+pub use echo::{EchoReply, EchoService, NextHop};
 pub use envoy::{Envoy, Stats};
 pub use render::render;
-pub use sidecar::{sidecar_config, Reply, Sidecar, SidecarOptions, SidecarPorts};
+pub use sidecar::{
+    get_via, sidecar_config, wait_for_filter, Reply, Sidecar, SidecarOptions, SidecarPorts,
+};
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {

@@ -1,5 +1,5 @@
 //! The shipped sidecar (`envoy-config/sidecar.yaml`) running for real: one
-//! Envoy with the built filter, baseline `backend` and `users` echo services,
+//! Envoy with the built filter, baseline `backend` and `frontend` echo services,
 //! and sandboxed echo services the test's table points at.
 
 use std::net::SocketAddr;
@@ -35,7 +35,7 @@ impl Default for SidecarOptions {
 /// Values for the placeholders of `envoy-config/sidecar.yaml`.
 pub struct SidecarPorts {
     pub backend_baseline: u16,
-    pub users_baseline: u16,
+    pub frontend_baseline: u16,
     /// Port 1 (nothing listens there) when there is no control service.
     pub control: u16,
 }
@@ -43,7 +43,7 @@ pub struct SidecarPorts {
 pub struct Sidecar {
     pub envoy: Envoy,
     pub backend_baseline: EchoService,
-    pub users_baseline: EchoService,
+    pub frontend_baseline: EchoService,
     pub sandboxes: Vec<EchoService>,
     /// The outbound listener.
     pub listener: SocketAddr,
@@ -61,10 +61,11 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// `service/version` of whoever answered, or `status NNN`.
+    /// `service/version` of whoever answered (then ` -> ` and the next
+    /// hops', when the service called on), or `status NNN`.
     pub fn served_by(&self) -> String {
         match &self.echo {
-            Some(echo) => format!("{}/{}", echo.service, echo.version),
+            Some(echo) => echo.chain(),
             None => format!("status {}", self.status),
         }
     }
@@ -83,7 +84,10 @@ pub fn sidecar_config(node_id: &str, ports: &SidecarPorts, filter_config: &str) 
             ("ADMIN_PORT", "0"),
             ("LISTEN_PORT", "0"),
             ("BACKEND_BASELINE_PORT", &ports.backend_baseline.to_string()),
-            ("USERS_BASELINE_PORT", &ports.users_baseline.to_string()),
+            (
+                "FRONTEND_BASELINE_PORT",
+                &ports.frontend_baseline.to_string(),
+            ),
             ("CONTROL_PORT", &ports.control.to_string()),
             ("WASM_PATH", &wasm.display().to_string()),
             ("FILTER_CONFIG", filter_config),
@@ -100,7 +104,7 @@ impl Sidecar {
         filter_config: impl FnOnce(&[SocketAddr]) -> Result<String>,
     ) -> Result<Sidecar> {
         let backend_baseline = EchoService::start("backend", "baseline").await?;
-        let users_baseline = EchoService::start("users", "baseline").await?;
+        let frontend_baseline = EchoService::start("frontend", "baseline").await?;
         let mut sandboxes = Vec::new();
         for (service, sandbox) in &options.sandboxes {
             sandboxes.push(EchoService::start(service, sandbox).await?);
@@ -108,7 +112,7 @@ impl Sidecar {
         let addrs: Vec<SocketAddr> = sandboxes.iter().map(EchoService::addr).collect();
         let ports = SidecarPorts {
             backend_baseline: backend_baseline.addr().port(),
-            users_baseline: users_baseline.addr().port(),
+            frontend_baseline: frontend_baseline.addr().port(),
             control: options.control.map_or(1, |c| c.port()),
         };
         let config = sidecar_config(&options.node_id, &ports, &filter_config(&addrs)?)?;
@@ -117,7 +121,7 @@ impl Sidecar {
         let sidecar = Sidecar {
             envoy,
             backend_baseline,
-            users_baseline,
+            frontend_baseline,
             sandboxes,
             listener,
             http: reqwest::Client::builder().no_proxy().build()?,
@@ -129,47 +133,13 @@ impl Sidecar {
     /// Ready means a request went through the filter to the baseline and the
     /// filter counted it, not merely that a port is open.
     async fn wait_until_filter_runs(&self) -> Result<()> {
-        poll_until(
-            "a request through the filter",
-            Duration::from_secs(30),
-            || async {
-                let reply = self.get("backend", &[]).await.ok()?;
-                let stats = self.envoy.stats().await.ok()?;
-                (reply.status == 200 && stats.filter("baseline.no_context") > 0).then_some(())
-            },
-        )
-        .await
-        .with_context(|| self.envoy.log_tail())
+        wait_for_filter(&self.envoy, &self.http, self.listener, "backend").await
     }
 
     /// `GET /` for `host` through the sidecar with extra headers (values as
     /// bytes; a name given twice is sent twice).
     pub async fn get(&self, host: &str, headers: &[(&str, &[u8])]) -> Result<Reply> {
-        let mut map = HeaderMap::new();
-        map.insert(reqwest::header::HOST, HeaderValue::from_str(host)?);
-        for (name, value) in headers {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes())?,
-                HeaderValue::from_bytes(value)?,
-            );
-        }
-        let response = self
-            .http
-            .get(format!("http://{}/", self.listener))
-            .headers(map)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        let decision = response
-            .headers()
-            .get(sandbox_router_routing::DEBUG_HEADER)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let body = response.bytes().await?;
-        Ok(Reply {
-            status,
-            echo: serde_json::from_slice(&body).ok(),
-            decision,
-        })
+        get_via(&self.http, self.listener, host, headers).await
     }
 
     /// Sends raw bytes to the listener (for requests an HTTP library will not
@@ -193,4 +163,59 @@ impl Sidecar {
             .and_then(|code| code.parse().ok())
             .with_context(|| format!("no status line in {line:?}"))
     }
+}
+
+/// Waits until a request for `host` through `listener` has passed the filter
+/// (answered 200, and counted by the filter).
+pub async fn wait_for_filter(
+    envoy: &Envoy,
+    http: &reqwest::Client,
+    listener: SocketAddr,
+    host: &str,
+) -> Result<()> {
+    poll_until(
+        "a request through the filter",
+        Duration::from_secs(30),
+        || async {
+            let reply = get_via(http, listener, host, &[]).await.ok()?;
+            let stats = envoy.stats().await.ok()?;
+            (reply.status == 200 && stats.filter("baseline.no_context") > 0).then_some(())
+        },
+    )
+    .await
+    .with_context(|| envoy.log_tail())
+}
+
+/// `GET /` for `host` through the Envoy listener at `listener`, with extra
+/// headers (values as bytes; a name given twice is sent twice).
+pub async fn get_via(
+    http: &reqwest::Client,
+    listener: SocketAddr,
+    host: &str,
+    headers: &[(&str, &[u8])],
+) -> Result<Reply> {
+    let mut map = HeaderMap::new();
+    map.insert(reqwest::header::HOST, HeaderValue::from_str(host)?);
+    for (name, value) in headers {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_bytes(value)?,
+        );
+    }
+    let response = http
+        .get(format!("http://{listener}/"))
+        .headers(map)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let decision = response
+        .headers()
+        .get(sandbox_router_routing::DEBUG_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let body = response.bytes().await?;
+    Ok(Reply {
+        status,
+        echo: serde_json::from_slice(&body).ok(),
+        decision,
+    })
 }

@@ -11,8 +11,8 @@ use testbed::{Sidecar, SidecarOptions, Stats};
 
 /// Routing key of sandbox `feature-x`, which forks `backend`.
 pub const KEY_X: &str = "key-feature-x";
-/// Routing key of sandbox `users-y`, which forks `users`.
-pub const KEY_Y: &str = "key-users-y";
+/// Routing key of sandbox `frontend-y`, which forks `frontend`.
+pub const KEY_Y: &str = "key-frontend-y";
 
 /// The standard filter configuration; `extra` is merged into it (top-level keys).
 pub fn config(sandboxes: &[SocketAddr], extra: serde_json::Value) -> String {
@@ -24,8 +24,8 @@ pub fn config(sandboxes: &[SocketAddr], extra: serde_json::Value) -> String {
             "entries": [
                 { "routing_key": KEY_X, "sandbox": "feature-x",
                   "forks": [{ "service": "backend", "endpoints": [sandboxes[0].to_string()] }] },
-                { "routing_key": KEY_Y, "sandbox": "users-y",
-                  "forks": [{ "service": "users", "endpoints": [sandboxes[1].to_string()] }] }
+                { "routing_key": KEY_Y, "sandbox": "frontend-y",
+                  "forks": [{ "service": "frontend", "endpoints": [sandboxes[1].to_string()] }] }
             ]
         }
     });
@@ -37,7 +37,7 @@ pub fn config(sandboxes: &[SocketAddr], extra: serde_json::Value) -> String {
     config.to_string()
 }
 
-/// A sidecar with `backend/feature-x` and `users/users-y` sandboxes and the standard table.
+/// A sidecar with `backend/feature-x` and `frontend/frontend-y` sandboxes and the standard table.
 pub async fn sidecar() -> Sidecar {
     sidecar_with(serde_json::json!({})).await
 }
@@ -52,7 +52,7 @@ pub fn two_sandboxes() -> SidecarOptions {
     SidecarOptions {
         sandboxes: vec![
             ("backend".into(), "feature-x".into()),
-            ("users".into(), "users-y".into()),
+            ("frontend".into(), "frontend-y".into()),
         ],
         ..SidecarOptions::default()
     }
