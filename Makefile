@@ -14,7 +14,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm demo test lint unit integration deps envoy wasm-target clean
+.PHONY: help build wasm demo test lint unit integration bench bench-quick deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ help: ## Show the targets
 demo: deps build ## Run the demo: real Envoy, baseline and sandboxed services, every header format
 	$(CARGO) run --quiet -p sandbox-router-demo
 
-test: lint unit integration ## Everything CI runs: lint, unit and property tests, wasm build, integration tests
+test: lint unit integration bench-quick ## Everything CI runs: lint, unit and property tests, wasm build, integration tests, a benchmark smoke run
 
 build: wasm ## Build the filter (.wasm) and the binaries (sandbox-router, the demo)
 	$(CARGO) build --workspace --bins
@@ -41,6 +41,13 @@ unit: ## Native unit and property tests of the core, the control service's model
 
 integration: deps build ## Tests against a real Envoy running the built filter and the real control service
 	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo
+
+bench: deps build ## Benchmarks (results in bench/results/): update propagation to 1 and 10 Envoys
+	$(CARGO) run --quiet -p sandbox-router-bench -- propagation --envoys 1 --updates 200
+	$(CARGO) run --quiet -p sandbox-router-bench -- propagation --envoys 10 --updates 200
+
+bench-quick: deps build ## Smoke run of the benchmark harness (checks it works, never timings)
+	$(CARGO) run --quiet -p sandbox-router-bench -- --out target/bench-smoke propagation --envoys 2 --updates 5
 
 deps: envoy wasm-target ## Install what the build and tests need
 

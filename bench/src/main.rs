@@ -1,0 +1,36 @@
+//! `sandbox-router-bench`: measurements against real Envoys and the real
+//! control service. Figures go to stdout and to `bench/results/`.
+
+mod propagation;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sandbox-router-bench",
+    about = "Benchmarks of sandbox-router against real Envoys."
+)]
+struct Cli {
+    /// Where to write results (JSON and markdown).
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time from the control API acknowledging a write to every Envoy worker routing by it.
+    Propagation(propagation::Args),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Propagation(args) => propagation::run(args, &cli.out).await,
+    }
+}

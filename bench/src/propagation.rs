@@ -1,0 +1,167 @@
+//! Propagation: from the control API acknowledging a write (the HTTP 201) to
+//! every worker of every Envoy routing by it.
+//!
+//! Each Envoy gets several keep-alive connections (a connection stays on one
+//! worker; with twice as many connections as workers, all workers are almost
+//! surely covered), and each connection polls with the new routing key until
+//! the sandbox answers. The write's propagation time is when the last
+//! connection of the last Envoy saw it. The pollers share the machine's two
+//! cores with Envoy and the control service, so the figures are upper bounds.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use reqwest::Method;
+use serde_json::json;
+use testbed::{
+    get_via, poll_until, shipped_config, sidecar_config, wait_for_filter, ControlService,
+    EchoService, Envoy, SidecarPorts,
+};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Envoy processes watching the control service.
+    #[arg(long, default_value_t = 1)]
+    envoys: usize,
+    /// Workers per Envoy (`--concurrency`).
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Writes measured (each a sandbox create; the sandbox is deleted after).
+    #[arg(long, default_value_t = 100)]
+    updates: usize,
+}
+
+pub async fn run(args: Args, out: &Path) -> Result<()> {
+    let binary = sibling("sandbox-router")?;
+    let control = ControlService::start(&binary, None).await?;
+    let baseline = EchoService::start("backend", "baseline").await?;
+    let sandbox = EchoService::start("backend", "sandbox").await?;
+    let filter_config = shipped_config("filter-config.json")?;
+    let ports = SidecarPorts {
+        backend_baseline: baseline.addr().port(),
+        frontend_baseline: 1,
+        control: control.addr().port(),
+    };
+    let mut envoys = Vec::new();
+    let mut pollers = Vec::new();
+    for i in 0..args.envoys {
+        let envoy = Envoy::start(
+            &sidecar_config(&format!("bench-{i}"), &ports, &filter_config)?,
+            args.concurrency,
+        )
+        .await?;
+        let listener = envoy.listener("outbound").await?;
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        wait_for_filter(&envoy, &http, listener, "backend").await?;
+        for _ in 0..2 * args.concurrency {
+            // One client per poller: its own keep-alive connection.
+            pollers.push((
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(1)
+                    .build()?,
+                listener,
+            ));
+        }
+        envoys.push(envoy);
+    }
+    poll_until(
+        "every Envoy connected to the control service",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = control.api(Method::GET, "/v1/proxies", None).await.ok()?;
+            (body["proxies"].as_array()?.len() == args.envoys).then_some(())
+        },
+    )
+    .await?;
+
+    let mut samples = Vec::with_capacity(args.updates);
+    for i in 0..args.updates {
+        let name = format!("bench-{i}");
+        let body = json!({ "name": name, "forks": { "backend": [sandbox.addr().to_string()] } });
+        let (status, created) = control
+            .api(Method::POST, "/v1/sandboxes", Some(body))
+            .await?;
+        let acked = Instant::now();
+        if status != 201 {
+            bail!("create returned {status}: {created}");
+        }
+        let key = created["routing_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let value = format!("sandbox-routing-key={key}");
+        // All connections poll at once, each on its own task.
+        let waits: Vec<_> = pollers
+            .iter()
+            .map(|(http, listener)| {
+                let (http, listener, value) = (http.clone(), *listener, value.clone());
+                tokio::spawn(async move {
+                    let deadline = acked + Duration::from_secs(10);
+                    while Instant::now() < deadline {
+                        let reply =
+                            get_via(&http, listener, "backend", &[("baggage", value.as_bytes())])
+                                .await?;
+                        if reply.served_by() == "backend/sandbox" {
+                            return Ok(acked.elapsed());
+                        }
+                    }
+                    bail!("not routed within 10 s")
+                })
+            })
+            .collect();
+        let mut seen = Vec::with_capacity(waits.len());
+        for wait in waits {
+            seen.push(wait.await??);
+        }
+        samples.push(seen.into_iter().max().unwrap_or_default());
+        control
+            .api(Method::DELETE, &format!("/v1/sandboxes/{name}"), None)
+            .await?;
+    }
+    drop(envoys);
+
+    samples.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |p: f64| {
+        ms(samples[((samples.len() as f64 * p).ceil() as usize)
+            .saturating_sub(1)
+            .min(samples.len() - 1)])
+    };
+    let result = json!({
+        "benchmark": "propagation",
+        "envoys": args.envoys,
+        "concurrency": args.concurrency,
+        "connections_per_envoy": 2 * args.concurrency,
+        "updates": samples.len(),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "target_p99_ms": 50,
+    });
+    println!(
+        "propagation, {} Envoy(s) x {} workers, {} writes: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 50 ms)",
+        args.envoys, args.concurrency, samples.len(), pct(0.5), pct(0.9), pct(0.99), pct(1.0)
+    );
+    std::fs::create_dir_all(out)?;
+    let file = out.join(format!("propagation-{}-envoys.json", args.envoys));
+    std::fs::write(&file, serde_json::to_string_pretty(&result)? + "\n")?;
+    println!("written to {}", file.display());
+    Ok(())
+}
+
+/// A binary built next to this one (`make build`).
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name));
+    if !path.exists() {
+        bail!("no {} (run `make build`)", path.display());
+    }
+    Ok(path)
+}
