@@ -75,6 +75,32 @@ async fn until_served(sidecar: &Sidecar, host: &str, key: &str, expected: &str) 
     .unwrap();
 }
 
+/// Creates sandbox `feature-x` (forking `backend` to the sidecar's first
+/// sandboxed workload) and waits until it routes; returns its key.
+async fn feature_x(control: &ControlService, sidecar: &Sidecar) -> String {
+    let key = create(
+        control,
+        "feature-x",
+        json!({ "backend": [addr(sidecar, 0)] }),
+    )
+    .await;
+    until_served(sidecar, "backend", &key, "backend/feature-x").await;
+    key
+}
+
+/// Creates sandbox `frontend-y` (forking `frontend` to the sidecar's second
+/// sandboxed workload) and waits until it routes; returns its key.
+async fn frontend_y(control: &ControlService, sidecar: &Sidecar) -> String {
+    let key = create(
+        control,
+        "frontend-y",
+        json!({ "frontend": [addr(sidecar, 1)] }),
+    )
+    .await;
+    until_served(sidecar, "frontend", &key, "frontend/frontend-y").await;
+    key
+}
+
 fn addr(sidecar: &Sidecar, i: usize) -> String {
     sidecar.sandboxes[i].addr().to_string()
 }
@@ -83,13 +109,7 @@ fn addr(sidecar: &Sidecar, i: usize) -> String {
 async fn a_created_sandbox_routes_and_a_deleted_one_stops() {
     let control = control().await;
     let sidecar = sidecar(&control, "sidecar-a").await;
-    let key = create(
-        &control,
-        "feature-x",
-        json!({ "backend": [addr(&sidecar, 0)] }),
-    )
-    .await;
-    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+    let key = feature_x(&control, &sidecar).await;
     // Other services and other keys are untouched.
     let frontend = sidecar
         .get("frontend", &[("baggage", baggage(&key).as_bytes())])
@@ -155,12 +175,7 @@ async fn an_expired_sandbox_stops_routing() {
 async fn a_route_group_combines_two_sandboxes() {
     let control = control().await;
     let sidecar = sidecar(&control, "sidecar-c").await;
-    let key_x = create(
-        &control,
-        "feature-x",
-        json!({ "backend": [addr(&sidecar, 0)] }),
-    )
-    .await;
+    let key_x = feature_x(&control, &sidecar).await;
     let key_y = create(
         &control,
         "frontend-y",
@@ -208,13 +223,7 @@ async fn a_route_group_combines_two_sandboxes() {
 async fn routing_survives_the_control_service_being_killed_and_resyncs_after() {
     let mut control = control().await;
     let sidecar = sidecar(&control, "sidecar-d").await;
-    let key = create(
-        &control,
-        "feature-x",
-        json!({ "backend": [addr(&sidecar, 0)] }),
-    )
-    .await;
-    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+    let key = feature_x(&control, &sidecar).await;
 
     control.kill();
     poll_until(
@@ -238,13 +247,7 @@ async fn routing_survives_the_control_service_being_killed_and_resyncs_after() {
 
     control.restart().await.unwrap();
     // After the restart the proxy resyncs, and new changes arrive.
-    let key_y = create(
-        &control,
-        "frontend-y",
-        json!({ "frontend": [addr(&sidecar, 1)] }),
-    )
-    .await;
-    until_served(&sidecar, "frontend", &key_y, "frontend/frontend-y").await;
+    frontend_y(&control, &sidecar).await;
     until_served(&sidecar, "backend", &key, "backend/feature-x").await;
 }
 
@@ -253,13 +256,7 @@ async fn status_shows_each_proxy_and_the_version_it_applied() {
     let control = control().await;
     let first = sidecar(&control, "proxy-one").await;
     let _second = sidecar(&control, "proxy-two").await;
-    let key = create(
-        &control,
-        "feature-x",
-        json!({ "backend": [addr(&first, 0)] }),
-    )
-    .await;
-    until_served(&first, "backend", &key, "backend/feature-x").await;
+    feature_x(&control, &first).await;
     let proxies = poll_until("both proxies in sync at version 1", DEADLINE, || async {
         let (_, body) = control.api(Method::GET, "/v1/proxies", None).await.ok()?;
         let proxies = body["proxies"].as_array()?.clone();
@@ -307,13 +304,7 @@ async fn requests_through_a_kill_and_restart_never_fail() {
 
     let mut control = control().await;
     let sidecar = Arc::new(sidecar(&control, "sidecar-load").await);
-    let key = create(
-        &control,
-        "feature-x",
-        json!({ "backend": [addr(&sidecar, 0)] }),
-    )
-    .await;
-    until_served(&sidecar, "backend", &key, "backend/feature-x").await;
+    let key = feature_x(&control, &sidecar).await;
 
     // Four senders (half the requests with the key, half without) run while
     // the control service is killed, stays down, restarts and takes a write.
@@ -375,13 +366,7 @@ async fn requests_through_a_kill_and_restart_never_fail() {
     let during_outage = sent.load(Ordering::Relaxed) + 2_000;
     at_least(during_outage).await.unwrap();
     control.restart().await.unwrap();
-    let key_y = create(
-        &control,
-        "frontend-y",
-        json!({ "frontend": [addr(&sidecar, 1)] }),
-    )
-    .await;
-    until_served(&sidecar, "frontend", &key_y, "frontend/frontend-y").await;
+    frontend_y(&control, &sidecar).await;
     at_least(sent.load(Ordering::Relaxed) + 1_000)
         .await
         .unwrap();
