@@ -86,6 +86,14 @@ pub struct Change {
 pub struct Model {
     sandboxes: BTreeMap<String, Sandbox>,
     groups: BTreeMap<String, RouteGroup>,
+    /// routing key -> its owner, so lookups by key stay O(log n) with many sandboxes.
+    keys: BTreeMap<String, Owner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Sandbox(String),
+    Group(String),
 }
 
 impl Model {
@@ -93,10 +101,40 @@ impl Model {
         sandboxes: impl IntoIterator<Item = Sandbox>,
         groups: impl IntoIterator<Item = RouteGroup>,
     ) -> Self {
-        Model {
-            sandboxes: sandboxes.into_iter().map(|s| (s.name.clone(), s)).collect(),
-            groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+        let mut model = Model::default();
+        for sandbox in sandboxes {
+            model.put_sandbox(sandbox);
         }
+        for group in groups {
+            model.put_group(group);
+        }
+        model
+    }
+
+    fn put_sandbox(&mut self, sandbox: Sandbox) {
+        self.keys.insert(
+            sandbox.routing_key.clone(),
+            Owner::Sandbox(sandbox.name.clone()),
+        );
+        self.sandboxes.insert(sandbox.name.clone(), sandbox);
+    }
+
+    fn take_sandbox(&mut self, name: &str) -> Option<Sandbox> {
+        let sandbox = self.sandboxes.remove(name)?;
+        self.keys.remove(&sandbox.routing_key);
+        Some(sandbox)
+    }
+
+    fn put_group(&mut self, group: RouteGroup) {
+        self.keys
+            .insert(group.routing_key.clone(), Owner::Group(group.name.clone()));
+        self.groups.insert(group.name.clone(), group);
+    }
+
+    fn take_group(&mut self, name: &str) -> Option<RouteGroup> {
+        let group = self.groups.remove(name)?;
+        self.keys.remove(&group.routing_key);
+        Some(group)
     }
 
     pub fn sandboxes(&self) -> impl Iterator<Item = &Sandbox> {
@@ -116,8 +154,7 @@ impl Model {
     }
 
     pub fn key_in_use(&self, key: &str) -> bool {
-        self.sandboxes.values().any(|s| s.routing_key == key)
-            || self.groups.values().any(|g| g.routing_key == key)
+        self.keys.contains_key(key)
     }
 
     /// The earliest expiry of any sandbox.
@@ -189,14 +226,13 @@ impl Model {
         change
             .upserted
             .extend(groups.iter().map(|g| g.routing_key.clone()));
-        self.sandboxes.insert(sandbox.name.clone(), sandbox);
+        self.put_sandbox(sandbox);
         Ok(change)
     }
 
     pub fn delete_sandbox(&mut self, name: &str) -> Result<Change, ApiError> {
         let sandbox = self
-            .sandboxes
-            .remove(name)
+            .take_sandbox(name)
             .ok_or_else(|| ApiError::not_found("sandbox", name))?;
         let mut change = Change::default();
         change.removed.insert(sandbox.routing_key.clone());
@@ -285,14 +321,13 @@ impl Model {
         self.group_forks(&group, None)?;
         let mut change = Change::default();
         change.upserted.insert(group.routing_key.clone());
-        self.groups.insert(group.name.clone(), group);
+        self.put_group(group);
         Ok(change)
     }
 
     pub fn delete_group(&mut self, name: &str) -> Result<Change, ApiError> {
         let group = self
-            .groups
-            .remove(name)
+            .take_group(name)
             .ok_or_else(|| ApiError::not_found("route group", name))?;
         let mut change = Change::default();
         change.removed.insert(group.routing_key);
@@ -363,27 +398,25 @@ impl Model {
 
     /// The table entry of `routing_key`, if it exists.
     pub fn entry(&self, routing_key: &str) -> Option<proto::TableEntry> {
-        if let Some(s) = self
-            .sandboxes
-            .values()
-            .find(|s| s.routing_key == routing_key)
-        {
-            return Some(entry(
-                &s.routing_key,
-                &s.name,
-                s.forks.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-            ));
+        match self.keys.get(routing_key)? {
+            Owner::Sandbox(name) => {
+                let s = self.sandboxes.get(name)?;
+                Some(entry(
+                    &s.routing_key,
+                    &s.name,
+                    s.forks.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                ))
+            }
+            Owner::Group(name) => {
+                let group = self.groups.get(name)?;
+                let forks = self.group_forks(group, None).unwrap_or_default();
+                Some(entry(
+                    &group.routing_key,
+                    &group.name,
+                    forks.iter().map(|(s, (_, e))| (*s, *e)),
+                ))
+            }
         }
-        let group = self
-            .groups
-            .values()
-            .find(|g| g.routing_key == routing_key)?;
-        let forks = self.group_forks(group, None).unwrap_or_default();
-        Some(entry(
-            &group.routing_key,
-            &group.name,
-            forks.iter().map(|(s, (_, e))| (*s, *e)),
-        ))
     }
 
     /// The whole routing table at `version`.
@@ -674,6 +707,22 @@ mod tests {
         let c = m.delete_sandbox("fe").unwrap();
         assert_eq!(c.upserted, ["kg".to_owned()].into());
         assert!(m.entry("kg").unwrap().forks.is_empty());
+    }
+
+    #[test]
+    fn many_sandboxes_stay_indexed_by_key() {
+        let mut m = Model::default();
+        for i in 0..20_000u32 {
+            let endpoint = format!("10.{}.{}.1:80", i / 250, i % 250);
+            let new = new_sandbox(&format!("s{i}"), &[("backend", &[endpoint.as_str()])], &[]);
+            m.create_sandbox(new, format!("k{i}"), 1).unwrap();
+        }
+        assert!(m.key_in_use("k19999"));
+        assert_eq!(m.entry("k12345").unwrap().sandbox, "s12345");
+        assert_eq!(m.table(1).entries.len(), 20_000);
+        m.delete_sandbox("s12345").unwrap();
+        assert!(!m.key_in_use("k12345"));
+        assert_eq!(m.entry("k12345"), None);
     }
 
     #[test]
