@@ -28,7 +28,7 @@ build: wasm ## Build the filter (.wasm) and the binaries (sandbox-router, the de
 	$(CARGO) build --workspace --bins
 
 wasm: wasm-target ## Build the filter (target/wasm32-wasip1/wasm/sandbox_router_filter.wasm)
-	$(CARGO) build --profile wasm -p sandbox-router-filter --target $(WASM_TARGET)
+	$(CARGO) build --profile wasm -p sandbox-router-filter -p noop-filter --target $(WASM_TARGET)
 	@ls -l $(WASM) | awk '{print "  filter: " $$NF " (" $$5 " bytes)"}'
 
 lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)

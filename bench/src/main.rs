@@ -1,6 +1,8 @@
 //! `sandbox-router-bench`: measurements against real Envoys and the real
 //! control service. Figures go to stdout and to `bench/results/`.
 
+mod cost;
+mod load;
 mod propagation;
 
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Time from the control API acknowledging a write to every Envoy worker routing by it.
     Propagation(propagation::Args),
+    /// Envoy CPU per request, latency, throughput and RSS: sandbox-router against plain Envoy, native routes, Lua, a Wasm no-op.
+    Cost(cost::Args),
 }
 
 #[tokio::main]
@@ -32,5 +36,6 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Propagation(args) => propagation::run(args, &cli.out).await,
+        Command::Cost(args) => cost::run(args, &cli.out).await,
     }
 }

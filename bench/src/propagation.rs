@@ -8,7 +8,7 @@
 //! connection of the last Envoy saw it. The pollers share the machine's two
 //! cores with Envoy and the control service, so the figures are upper bounds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -34,7 +34,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, out: &Path) -> Result<()> {
-    let binary = sibling("sandbox-router")?;
+    let binary = crate::cost::sibling("sandbox-router")?;
     let control = ControlService::start(&binary, None).await?;
     let baseline = EchoService::start("backend", "baseline").await?;
     let sandbox = EchoService::start("backend", "sandbox").await?;
@@ -151,17 +151,4 @@ pub async fn run(args: Args, out: &Path) -> Result<()> {
     std::fs::write(&file, serde_json::to_string_pretty(&result)? + "\n")?;
     println!("written to {}", file.display());
     Ok(())
-}
-
-/// A binary built next to this one (`make build`).
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .map(|d| d.join(name))
-        .unwrap_or_else(|| PathBuf::from(name));
-    if !path.exists() {
-        bail!("no {} (run `make build`)", path.display());
-    }
-    Ok(path)
 }

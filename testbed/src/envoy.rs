@@ -25,6 +25,11 @@ impl Envoy {
     /// Starts Envoy on `config` (YAML) and waits until its admin endpoint
     /// answers and every listener is bound.
     pub async fn start(config: &str, concurrency: usize) -> Result<Envoy> {
+        Self::start_on(config, concurrency, None).await
+    }
+
+    /// Like `start`, pinned to `cpus` (a `taskset` CPU list such as "0").
+    pub async fn start_on(config: &str, concurrency: usize, cpus: Option<&str>) -> Result<Envoy> {
         let binary = crate::envoy_binary();
         if !binary.exists() {
             bail!(
@@ -39,7 +44,16 @@ impl Envoy {
         std::fs::write(&config_path, config)?;
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
-        let child = Command::new(&binary)
+        let mut command = match cpus {
+            // taskset execs Envoy, so the child's pid is Envoy's.
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .arg("--use-dynamic-base-id")
@@ -162,6 +176,33 @@ impl Envoy {
             })
             .collect();
         Ok(Stats(values))
+    }
+
+    /// CPU time Envoy's threads have run, from `/proc/PID/task/*/schedstat`
+    /// (the kernel's accounting behind `/proc/PID/stat` utime+stime, in ns).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let mut total = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(Duration::from_nanos(total))
+    }
+
+    /// Resident memory (VmRSS) in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("no VmRSS"))?;
+        Ok(kb * 1024)
     }
 
     /// Stops Envoy (SIGKILL: tests and the demo own everything it serves).

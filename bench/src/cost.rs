@@ -1,0 +1,550 @@
+//! The filter's cost against the alternatives, on one Envoy (`--concurrency
+//! 1`, pinned to CPU 0; the load generator, wrk and the upstream on CPU 1):
+//!
+//! 1. `plain`: no filter (the physical limit);
+//! 2. `native-N`: N header-match routes on `baggage`, as Istio routes sandboxes;
+//! 3. `lua`: an equivalent Lua filter (no-context and routed traffic);
+//! 4. `wasm-noop`: a Wasm filter that does nothing (the runtime's floor);
+//! 5. `sr-M-nocontext`: sandbox-router, pushed table of M sandboxes, no routing context;
+//! 6. `sr-M-routed`: the same, every request routed to a sandbox.
+//!
+//! Per variant, at a fixed request rate: Envoy CPU microseconds per request
+//! (kernel run time of Envoy's threads / requests), latency p50/p99, then the
+//! saturated rate (wrk) and RSS. Variants are interleaved: each round visits
+//! all of them, in a rotated order; figures are medians over rounds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args as ClapArgs;
+use sandbox_router_control::model::{Model, NewSandbox};
+use sandbox_router_control::store::{Row, Store};
+use serde_json::{json, Value};
+use testbed::{
+    poll_until, render, shipped_config, sidecar_config, ControlService, Envoy, SidecarPorts,
+};
+
+use crate::load::{self, Latencies};
+
+#[derive(ClapArgs, Clone)]
+pub struct Args {
+    /// Smoke run: one short round of a few variants (checks the harness, not timings).
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Requests per second sent to the Envoy under test.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// Seconds measured per variant per round.
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// Sandboxes in the pushed table for the sandbox-router variants.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10, 10_000, 100_000])]
+    tables: Vec<usize>,
+    /// Routes for the native header-match variants.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 100, 1000])]
+    native_routes: Vec<usize>,
+}
+
+/// One measured configuration: an Envoy and the traffic sent to it.
+struct Variant {
+    name: String,
+    what: String,
+    envoy: usize,
+    /// Extra request headers (the routing key for routed traffic).
+    headers: Vec<(String, String)>,
+    /// Whether every request must take the ORIGINAL_DST (sandbox) route.
+    routed: bool,
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    cpu_us: Vec<f64>,
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
+    saturated_rps: Vec<f64>,
+    rss_mb: Vec<f64>,
+}
+
+pub async fn run(mut args: Args, out: &Path) -> Result<()> {
+    if args.quick {
+        args.rounds = 1;
+        args.seconds = 1;
+        args.rate = 500;
+        args.tables = vec![10];
+        args.native_routes = vec![10];
+    }
+    // Counted before this process pins itself to one CPU.
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    pin_self_to_cpu("1")?;
+    let wasm_dir = testbed::filter_wasm()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let noop_wasm = wasm_dir.join("noop_filter.wasm");
+    if !noop_wasm.exists() {
+        bail!("no {} (run `make wasm`)", noop_wasm.display());
+    }
+
+    let upstream = Envoy::start_on(
+        &render(
+            &shipped_config("bench/upstream.yaml")?,
+            &[("ADMIN_PORT", "0"), ("LISTEN_PORT", "0")],
+        )?,
+        1,
+        Some("1"),
+    )
+    .await?;
+    let upstream_addr = upstream.listener("upstream").await?;
+    let upstream_port = upstream_addr.port().to_string();
+
+    let mut envoys: Vec<Envoy> = Vec::new();
+    let mut variants: Vec<Variant> = Vec::new();
+    let mut keep_alive: Vec<ControlService> = Vec::new();
+    let template = shipped_config("bench/envoy.yaml")?;
+    let variant_envoy = |filters: &str, routes: &str| {
+        render(
+            &template,
+            &[
+                ("ADMIN_PORT", "0"),
+                ("LISTEN_PORT", "0"),
+                ("UPSTREAM_PORT", &upstream_port),
+                ("HTTP_FILTERS", filters),
+                ("EXTRA_ROUTES", routes),
+            ],
+        )
+    };
+
+    // 1. plain
+    envoys.push(Envoy::start_on(&variant_envoy("", "")?, 1, Some("0")).await?);
+    variants.push(variant("plain", "Envoy, no filter", envoys.len() - 1, None));
+    // 2. native header-match routes
+    let route = shipped_config("bench/native-route.yaml")?;
+    for n in &args.native_routes {
+        let mut routes = String::new();
+        for i in 0..*n {
+            routes.push_str(&render(&route, &[("KEY", &format!("native-key-{i:07}"))])?);
+        }
+        envoys.push(Envoy::start_on(&variant_envoy("", &routes)?, 1, Some("0")).await?);
+        let what = format!("{n} native header-match routes (Istio style), no-context traffic");
+        variants.push(variant(
+            &format!("native-{n}"),
+            &what,
+            envoys.len() - 1,
+            None,
+        ));
+    }
+    // 3. Lua peer, with 10 routing keys.
+    let lua_routes: String = (0..10)
+        .map(|i| format!("[\"lua-key-{i}\"] = \"{upstream_addr}\",\n"))
+        .collect();
+    let lua = render(
+        &shipped_config("bench/lua-filter.yaml")?,
+        &[("LUA_ROUTES", &lua_routes)],
+    )?;
+    envoys.push(
+        Envoy::start_on(
+            &variant_envoy(&lua, &shipped_config("bench/marker-route.yaml")?)?,
+            1,
+            Some("0"),
+        )
+        .await?,
+    );
+    variants.push(variant(
+        "lua-nocontext",
+        "equivalent Lua filter, no-context traffic",
+        envoys.len() - 1,
+        None,
+    ));
+    variants.push(variant(
+        "lua-routed",
+        "equivalent Lua filter, routed traffic",
+        envoys.len() - 1,
+        Some("lua-key-5"),
+    ));
+    // 4. Wasm no-op
+    let noop = render(
+        &shipped_config("bench/noop-filter.yaml")?,
+        &[("NOOP_WASM_PATH", &noop_wasm.display().to_string())],
+    )?;
+    envoys.push(Envoy::start_on(&variant_envoy(&noop, "")?, 1, Some("0")).await?);
+    variants.push(variant(
+        "wasm-noop",
+        "Wasm filter that does nothing",
+        envoys.len() - 1,
+        None,
+    ));
+    // 5 and 6. sandbox-router on the shipped sidecar, pushed tables of M sandboxes.
+    let binary = sibling("sandbox-router")?;
+    let mut filter_config: Value = serde_json::from_str(&shipped_config("filter-config.json")?)?;
+    filter_config["debug_header"] = json!(false);
+    let filter_config = filter_config.to_string();
+    let stores = tempfile::tempdir()?;
+    for m in &args.tables {
+        let db = stores.path().join(format!("{m}.db"));
+        let key = write_store(&db, *m, upstream_addr)?;
+        let control = ControlService::start_with_store(&binary, &db, None).await?;
+        let ports = SidecarPorts {
+            backend_baseline: upstream_addr.port(),
+            frontend_baseline: 1,
+            control: control.addr().port(),
+        };
+        let envoy = Envoy::start_on(
+            &sidecar_config(&format!("bench-sr-{m}"), &ports, &filter_config)?,
+            1,
+            Some("0"),
+        )
+        .await?;
+        poll_until(
+            &format!("the {m}-sandbox table in Envoy"),
+            Duration::from_secs(120),
+            || async {
+                let stats = envoy.stats().await.ok()?;
+                (stats.filter("sync.routing_keys") == *m as u64).then_some(())
+            },
+        )
+        .await?;
+        envoys.push(envoy);
+        keep_alive.push(control);
+        let i = envoys.len() - 1;
+        variants.push(variant(
+            &format!("sr-{m}-nocontext"),
+            &format!("sandbox-router, {m} sandboxes, no-context traffic"),
+            i,
+            None,
+        ));
+        variants.push(variant(
+            &format!("sr-{m}-routed"),
+            &format!("sandbox-router, {m} sandboxes, routed traffic"),
+            i,
+            Some(&key),
+        ));
+    }
+
+    // Each variant takes the path it claims (and warms up).
+    for v in &variants {
+        check_path(v, &envoys[v.envoy])
+            .await
+            .with_context(|| format!("variant {}", v.name))?;
+    }
+
+    let mut figures = vec![Figures::default(); variants.len()];
+    for round in 0..args.rounds {
+        for k in 0..variants.len() {
+            let i = (k + round) % variants.len();
+            let v = &variants[i];
+            let envoy = &envoys[v.envoy];
+            let listener = envoy.listener("outbound").await?;
+            let headers = load::headers(&v.headers)?;
+            let before = envoy.cpu_time()?;
+            let lat: Latencies = load::fixed_rate(
+                listener,
+                headers,
+                args.rate,
+                Duration::from_secs(args.seconds),
+            )
+            .await?;
+            let cpu = envoy.cpu_time()?.saturating_sub(before);
+            let ok = lat.micros.len();
+            if lat.failed > 0 || ok == 0 {
+                bail!("{}: {} of {} requests failed", v.name, lat.failed, lat.sent);
+            }
+            let f = &mut figures[i];
+            f.cpu_us.push(cpu.as_secs_f64() * 1e6 / ok as f64);
+            f.p50_us.push(lat.percentile(0.50));
+            f.p99_us.push(lat.percentile(0.99));
+            let seconds = if args.quick { 1 } else { 2 };
+            if let Some(rps) = load::saturate(listener, &v.headers, seconds, "1")? {
+                f.saturated_rps.push(rps);
+            }
+            f.rss_mb.push(envoy.rss_bytes()? as f64 / 1_048_576.0);
+        }
+        eprintln!("round {} of {} done", round + 1, args.rounds);
+    }
+    drop(keep_alive);
+
+    report(&args, cpus, &variants, &figures, out)
+}
+
+fn variant(name: &str, what: &str, envoy: usize, key: Option<&str>) -> Variant {
+    Variant {
+        name: name.to_owned(),
+        what: what.to_owned(),
+        envoy,
+        headers: key
+            .map(|k| vec![("baggage".to_owned(), format!("sandbox-routing-key={k}"))])
+            .unwrap_or_default(),
+        routed: key.is_some(),
+    }
+}
+
+/// Sends 200 requests and checks how many took the ORIGINAL_DST route.
+async fn check_path(v: &Variant, envoy: &Envoy) -> Result<()> {
+    let before = envoy
+        .stats()
+        .await?
+        .get("cluster.sandbox_original_dst.upstream_rq_total");
+    let listener = envoy.listener("outbound").await?;
+    let lat = load::fixed_rate(
+        listener,
+        load::headers(&v.headers)?,
+        400,
+        Duration::from_millis(500),
+    )
+    .await?;
+    if lat.failed > 0 {
+        bail!("{} of {} warm-up requests failed", lat.failed, lat.sent);
+    }
+    let routed = envoy
+        .stats()
+        .await?
+        .get("cluster.sandbox_original_dst.upstream_rq_total")
+        - before;
+    let expected = if v.routed { lat.sent as u64 } else { 0 };
+    if routed != expected {
+        bail!(
+            "{routed} of {} requests took the sandbox route, expected {expected}",
+            lat.sent
+        );
+    }
+    Ok(())
+}
+
+/// Writes a store with `count` sandboxes forking `backend` to `endpoint`;
+/// returns the routing key of one in the middle.
+fn write_store(db: &Path, count: usize, endpoint: SocketAddr) -> Result<String> {
+    let mut model = Model::default();
+    for i in 0..count {
+        let new = NewSandbox {
+            name: format!("bench-{i}"),
+            forks: [("backend".to_owned(), vec![endpoint.to_string()])].into(),
+            labels: Default::default(),
+            ttl_seconds: None,
+        };
+        model
+            .create_sandbox(new, format!("benchkey{i:016}"), 0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let rows: Vec<Row<'_>> = model.sandboxes().map(Row::PutSandbox).collect();
+    Store::open(db)?.commit(1, &rows)?;
+    Ok(format!("benchkey{:016}", count / 2))
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn report(
+    args: &Args,
+    cpus: usize,
+    variants: &[Variant],
+    figures: &[Figures],
+    out: &Path,
+) -> Result<()> {
+    let med = |i: usize, f: fn(&Figures) -> &Vec<f64>| median(f(&figures[i]));
+    let index = |name: &str| variants.iter().position(|v| v.name == name);
+    let plain = index("plain")
+        .and_then(|i| med(i, |f| &f.cpu_us))
+        .unwrap_or(f64::NAN);
+    let plain_rps = index("plain").and_then(|i| med(i, |f| &f.saturated_rps));
+    let noop = index("wasm-noop")
+        .and_then(|i| med(i, |f| &f.cpu_us))
+        .unwrap_or(f64::NAN);
+
+    let mut rows = Vec::new();
+    let mut md = String::from("| variant | what | CPU µs/req | × plain | p50 µs | p99 µs | saturated req/s | × plain | RSS MB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (i, v) in variants.iter().enumerate() {
+        let cpu = med(i, |f| &f.cpu_us).unwrap_or(f64::NAN);
+        let rps = med(i, |f| &f.saturated_rps);
+        let row = json!({
+            "variant": v.name,
+            "what": v.what,
+            "cpu_us_per_request": cpu,
+            "cpu_ratio_to_plain": cpu / plain,
+            "p50_us": med(i, |f| &f.p50_us),
+            "p99_us": med(i, |f| &f.p99_us),
+            "saturated_rps": rps,
+            "saturated_ratio_to_plain": rps.zip(plain_rps).map(|(a, b)| a / b),
+            "rss_mb": med(i, |f| &f.rss_mb),
+            "rounds": figures[i].cpu_us,
+        });
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {:.3} | {:.0} | {:.0} | {} | {} | {:.0} |\n",
+            v.name,
+            v.what,
+            cpu,
+            cpu / plain,
+            med(i, |f| &f.p50_us).unwrap_or(f64::NAN),
+            med(i, |f| &f.p99_us).unwrap_or(f64::NAN),
+            rps.map_or("-".to_owned(), |r| format!("{r:.0}")),
+            rps.zip(plain_rps)
+                .map_or("-".to_owned(), |(a, b)| format!("{:.3}", a / b)),
+            med(i, |f| &f.rss_mb).unwrap_or(f64::NAN),
+        ));
+        rows.push(row);
+    }
+
+    // The issue's targets, and how far each is met.
+    let cpu_of = |name: &str| index(name).and_then(|i| med(i, |f| &f.cpu_us));
+    let mut targets = Vec::new();
+    let mut check = |what: String, met: Option<bool>| {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        targets.push(json!({ "target": what, "verdict": verdict }));
+    };
+    for m in &args.tables {
+        for traffic in ["nocontext", "routed"] {
+            let name = format!("sr-{m}-{traffic}");
+            if let Some(cpu) = cpu_of(&name) {
+                let own = cpu - noop;
+                check(
+                    format!("{name}: own cost (minus wasm-noop) {own:.2} µs < 3 µs"),
+                    Some(own < 3.0),
+                );
+                check(
+                    format!("{name}: {:.3} × plain CPU <= 1.15", cpu / plain),
+                    Some(cpu / plain <= 1.15),
+                );
+            }
+        }
+    }
+    let sr_small = args
+        .tables
+        .first()
+        .and_then(|m| cpu_of(&format!("sr-{m}-routed")));
+    let lua = cpu_of("lua-routed");
+    check(
+        format!(
+            "routed: sandbox-router {} vs Lua {} µs (cheaper)",
+            fmt(sr_small),
+            fmt(lua)
+        ),
+        sr_small.zip(lua).map(|(a, b)| a < b),
+    );
+    let sr_nocontext = args
+        .tables
+        .first()
+        .and_then(|m| cpu_of(&format!("sr-{m}-nocontext")));
+    check(
+        format!(
+            "no context: sandbox-router {} vs Lua {} µs (cheaper)",
+            fmt(sr_nocontext),
+            fmt(cpu_of("lua-nocontext"))
+        ),
+        sr_nocontext
+            .zip(cpu_of("lua-nocontext"))
+            .map(|(a, b)| a < b),
+    );
+    check(
+        format!(
+            "no context: sandbox-router {} vs 100 native routes {} µs (cheaper)",
+            fmt(sr_nocontext),
+            fmt(cpu_of("native-100"))
+        ),
+        sr_nocontext.zip(cpu_of("native-100")).map(|(a, b)| a < b),
+    );
+    if let (Some(first), Some(last)) = (args.tables.first(), args.tables.last()) {
+        for traffic in ["nocontext", "routed"] {
+            let small = cpu_of(&format!("sr-{first}-{traffic}"));
+            let large = cpu_of(&format!("sr-{last}-{traffic}"));
+            let ratio = small.zip(large).map(|(s, l)| s / l);
+            check(
+                format!(
+                    "{traffic}: CPU at {first} / at {last} sandboxes = {} >= 0.98",
+                    fmt(ratio)
+                ),
+                ratio.map(|r| r >= 0.98),
+            );
+        }
+    }
+
+    let envoy_version = std::process::Command::new(testbed::envoy_binary())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let machine = json!({
+        "cpus": cpus,
+        "cpu_model": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned)),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "envoy": envoy_version,
+    });
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let result = json!({
+        "benchmark": "filter cost",
+        "command": command,
+        "machine": machine,
+        "method": {
+            "rounds": args.rounds, "rate_rps": args.rate, "seconds_per_measurement": args.seconds,
+            "envoy_under_test": "--concurrency 1, pinned to CPU 0",
+            "load": "fixed-rate open-loop generator over 8 keep-alive connections, wrk -t1 -c16 for saturation; both pinned to CPU 1 with the upstream",
+            "cpu": "Envoy threads' run time from /proc/PID/task/*/schedstat over the fixed-rate window / requests",
+        },
+        "variants": rows,
+        "targets": targets,
+    });
+    let mut text = format!(
+        "## Filter cost (`{command}`)\n\nMachine: {} CPUs, {}; kernel {}; {}.\nMethod: {} rounds, {} req/s for {} s per variant per round, variants interleaved, medians; Envoy `--concurrency 1` on CPU 0, load generator / wrk / upstream on CPU 1.\n\n{md}\nTargets:\n",
+        machine["cpus"], machine["cpu_model"].as_str().unwrap_or("?"), machine["kernel"].as_str().unwrap_or("?"), machine["envoy"].as_str().unwrap_or("?"),
+        args.rounds, args.rate, args.seconds,
+    );
+    for t in result["targets"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "- {}: {}\n",
+            t["target"].as_str().unwrap_or(""),
+            t["verdict"].as_str().unwrap_or("")
+        ));
+    }
+    println!("{text}");
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("cost.json"),
+        serde_json::to_string_pretty(&result)? + "\n",
+    )?;
+    std::fs::write(out.join("cost.md"), text)?;
+    println!("written to {}", out.join("cost.{json,md}").display());
+    Ok(())
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.2}"))
+}
+
+/// Pins this process (all its threads) to `cpus`, so the load generator stays
+/// off the Envoy under test's core.
+fn pin_self_to_cpu(cpus: &str) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("taskset failed");
+    }
+    Ok(())
+}
+
+/// A binary built next to this one (`make build`).
+pub fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name));
+    if !path.exists() {
+        bail!("no {} (run `make build`)", path.display());
+    }
+    Ok(path)
+}
