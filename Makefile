@@ -14,7 +14,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm demo test lint unit integration bench bench-quick deps envoy wasm-target clean
+.PHONY: help build wasm demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,12 +42,22 @@ unit: ## Native unit and property tests of the core, the control service's model
 integration: deps build ## Tests against a real Envoy running the built filter and the real control service
 	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo
 
-bench: deps build ## Benchmarks (results in bench/results/): update propagation to 1 and 10 Envoys
-	$(CARGO) run --quiet -p sandbox-router-bench -- propagation --envoys 1 --updates 200
-	$(CARGO) run --quiet -p sandbox-router-bench -- propagation --envoys 10 --updates 200
+bench: deps wasm wrk ## Benchmarks against plain Envoy, native routes, Lua, a Wasm no-op; propagation; fan-out; core micro-benchmarks (bench/results/)
+	$(CARGO) build --release --bins -p sandbox-router-bench -p sandbox-router-control
+	target/release/sandbox-router-bench cost
+	target/release/sandbox-router-bench propagation --envoys 1 --updates 200
+	target/release/sandbox-router-bench propagation --envoys 10 --updates 200
+	target/release/sandbox-router-bench fanout --watchers 1000 --updates 50
+	$(CARGO) bench -p sandbox-router-bench --bench core -- --noplot 2>&1 | tee bench/results/core.txt
 
-bench-quick: deps build ## Smoke run of the benchmark harness (checks it works, never timings)
-	$(CARGO) run --quiet -p sandbox-router-bench -- --out target/bench-smoke propagation --envoys 2 --updates 5
+bench-quick: deps build ## Smoke run of every benchmark harness (checks it works, never timings)
+	target/debug/sandbox-router-bench --out target/bench-smoke cost --quick
+	target/debug/sandbox-router-bench --out target/bench-smoke propagation --envoys 2 --updates 5
+	target/debug/sandbox-router-bench --out target/bench-smoke fanout --watchers 20 --updates 3
+	$(CARGO) bench -p sandbox-router-bench --bench core -- --test
+
+wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 deps: envoy wasm-target ## Install what the build and tests need
 

@@ -2,6 +2,7 @@
 //! control service. Figures go to stdout and to `bench/results/`.
 
 mod cost;
+mod fanout;
 mod load;
 mod propagation;
 
@@ -29,6 +30,8 @@ enum Command {
     Propagation(propagation::Args),
     /// Envoy CPU per request, latency, throughput and RSS: sandbox-router against plain Envoy, native routes, Lua, a Wasm no-op.
     Cost(cost::Args),
+    /// The control service's fan-out: time until N simulated proxies have a write.
+    Fanout(fanout::Args),
 }
 
 #[tokio::main]
@@ -37,5 +40,6 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Propagation(args) => propagation::run(args, &cli.out).await,
         Command::Cost(args) => cost::run(args, &cli.out).await,
+        Command::Fanout(args) => fanout::run(args, &cli.out).await,
     }
 }

@@ -113,3 +113,73 @@ async fn destination_can_come_from_the_cluster_name() {
         Some("baseline; reason=no_fork_for_service; source=baggage; service=frontend_baseline")
     );
 }
+
+/// Every config `make bench` runs is valid for the real Envoy.
+#[test]
+fn shipped_bench_configs_validate() {
+    let upstream = render(
+        &shipped_config("bench/upstream.yaml").unwrap(),
+        &[("ADMIN_PORT", "0"), ("LISTEN_PORT", "0")],
+    )
+    .unwrap();
+    Envoy::validate(&upstream)
+        .unwrap()
+        .unwrap_or_else(|e| panic!("upstream: {e}"));
+
+    let template = shipped_config("bench/envoy.yaml").unwrap();
+    let native = render(
+        &shipped_config("bench/native-route.yaml").unwrap(),
+        &[("KEY", "k1")],
+    )
+    .unwrap();
+    let lua = render(
+        &shipped_config("bench/lua-filter.yaml").unwrap(),
+        &[("LUA_ROUTES", "[\"k1\"] = \"127.0.0.1:9\",")],
+    )
+    .unwrap();
+    let noop_wasm = testbed::filter_wasm().with_file_name("noop_filter.wasm");
+    let noop = render(
+        &shipped_config("bench/noop-filter.yaml").unwrap(),
+        &[
+            ("NOOP_WASM_PATH", &noop_wasm.display().to_string()),
+            ("NOOP_CONFIG", "read-headers"),
+        ],
+    )
+    .unwrap();
+    let marker = shipped_config("bench/marker-route.yaml").unwrap();
+    let sandbox_router = render(
+        &shipped_config("bench/sandbox-router-filter.yaml").unwrap(),
+        &[
+            ("WASM_PATH", &testbed::filter_wasm().display().to_string()),
+            ("FILTER_CONFIG", r#"{"table": {"entries": [{"routing_key": "k1", "forks": [{"service": "backend", "endpoints": ["127.0.0.1:9"]}]}]}}"#),
+        ],
+    )
+    .unwrap();
+    let variants = [
+        ("plain", String::new(), String::new()),
+        ("native", String::new(), format!("{native}{native}")),
+        ("lua", lua, marker),
+        ("wasm-noop", noop, String::new()),
+        (
+            "sandbox-router static",
+            sandbox_router,
+            shipped_config("bench/marker-route.yaml").unwrap(),
+        ),
+    ];
+    for (name, filters, routes) in variants {
+        let config = render(
+            &template,
+            &[
+                ("ADMIN_PORT", "0"),
+                ("LISTEN_PORT", "0"),
+                ("UPSTREAM_PORT", "9"),
+                ("HTTP_FILTERS", &filters),
+                ("EXTRA_ROUTES", &routes),
+            ],
+        )
+        .unwrap();
+        Envoy::validate(&config)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

@@ -193,6 +193,28 @@ impl Envoy {
         Ok(Duration::from_nanos(total))
     }
 
+    /// User-mode CPU time of Envoy's threads (`utime` of `/proc/PID/task/*/stat`,
+    /// in clock ticks of 10 ms): the part of the CPU time the filter's own code
+    /// is in, without the kernel's network processing.
+    pub fn user_cpu_time(&self) -> Result<Duration> {
+        const TICK: Duration = Duration::from_millis(10); // USER_HZ on Linux
+        let mut ticks = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            // Fields after the parenthesised command name; utime is field 14.
+            let after = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
+            ticks += after
+                .split_whitespace()
+                .nth(11)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(TICK * u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
     /// Resident memory (VmRSS) in bytes.
     pub fn rss_bytes(&self) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
