@@ -101,12 +101,8 @@ pub async fn run(args: Args, out: &Path) -> Result<()> {
     }
     samples.sort_unstable();
     from_request.sort_unstable();
-    let pick = |v: &[Duration], p: f64| {
-        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
-        v[i].as_secs_f64() * 1000.0
-    };
-    let ms = |p: f64| pick(&samples, p);
-    let request_ms = |p: f64| pick(&from_request, p);
+    let ms = |p: f64| crate::percentile_ms(&samples, p);
+    let request_ms = |p: f64| crate::percentile_ms(&from_request, p);
     let result = json!({
         "benchmark": "fan-out",
         "watchers": started,

@@ -43,3 +43,12 @@ async fn main() -> Result<()> {
         Command::Fanout(args) => fanout::run(args, &cli.out).await,
     }
 }
+
+/// The `p`-quantile (0..=1, nearest rank) of sorted durations, in milliseconds; NaN when empty.
+fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
+}

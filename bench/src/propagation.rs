@@ -124,12 +124,7 @@ pub async fn run(args: Args, out: &Path) -> Result<()> {
     drop(envoys);
 
     samples.sort_unstable();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let pct = |p: f64| {
-        ms(samples[((samples.len() as f64 * p).ceil() as usize)
-            .saturating_sub(1)
-            .min(samples.len() - 1)])
-    };
+    let pct = |p: f64| crate::percentile_ms(&samples, p);
     let result = json!({
         "benchmark": "propagation",
         "envoys": args.envoys,
