@@ -18,7 +18,7 @@
 //! all of them, in a rotated order; figures are medians over rounds.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -228,7 +228,7 @@ pub async fn run(mut args: Args, out: &Path) -> Result<()> {
         Some("static-key-5"),
     ));
     // 5 and 6. sandbox-router on the shipped sidecar, pushed tables of M sandboxes.
-    let binary = sibling("sandbox-router")?;
+    let binary = testbed::sibling_binary("sandbox-router")?;
     let mut filter_config: Value = serde_json::from_str(&shipped_config("filter-config.json")?)?;
     filter_config["debug_header"] = json!(false);
     let filter_config = filter_config.to_string();
@@ -599,17 +599,4 @@ fn pin_self_to_cpu(cpus: &str) -> Result<()> {
         bail!("taskset failed");
     }
     Ok(())
-}
-
-/// A binary built next to this one (`make build`).
-pub fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .map(|d| d.join(name))
-        .unwrap_or_else(|| PathBuf::from(name));
-    if !path.exists() {
-        bail!("no {} (run `make build`)", path.display());
-    }
-    Ok(path)
 }

@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, out: &Path) -> Result<()> {
-    let binary = crate::cost::sibling("sandbox-router")?;
+    let binary = testbed::sibling_binary("sandbox-router")?;
     let control = ControlService::start(&binary, None).await?;
     let url = control.url();
     // Every watcher reports (version, when it arrived).

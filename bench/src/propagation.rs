@@ -34,7 +34,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, out: &Path) -> Result<()> {
-    let binary = crate::cost::sibling("sandbox-router")?;
+    let binary = testbed::sibling_binary("sandbox-router")?;
     let control = ControlService::start(&binary, None).await?;
     let baseline = EchoService::start("backend", "baseline").await?;
     let sandbox = EchoService::start("backend", "sandbox").await?;

@@ -102,16 +102,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
             .map_err(|e| ApiError::invalid("body", e.body_text()))?;
-        let mut json = serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(&mut json)
+        sandbox_router_routing::error::parse_json(&bytes, "body")
             .map(Body)
-            .map_err(|e| {
-                let field = match e.path().to_string() {
-                    path if path == "." => "body".to_owned(),
-                    path => path,
-                };
-                ApiError::invalid(field, e.into_inner().to_string())
-            })
+            .map_err(|e| ApiError::invalid(e.field, e.reason))
     }
 }
 

@@ -15,7 +15,6 @@
 //! it ends, or on Ctrl-C.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -224,7 +223,7 @@ async fn run() -> Result<()> {
 
 impl Demo {
     async fn start() -> Result<Demo> {
-        let binary = control_binary()?;
+        let binary = testbed::sibling_binary("sandbox-router")?;
         let control = ControlService::start(&binary, None).await?;
         println!(
             "  control service  {} (SQLite store {})",
@@ -366,17 +365,6 @@ impl Demo {
         println!();
         Ok(text)
     }
-}
-
-/// `sandbox-router`, built next to this binary (`make build`).
-fn control_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    let binary = dir.join("sandbox-router");
-    if !binary.exists() {
-        bail!("no {} (run `make build`)", binary.display());
-    }
-    Ok(binary)
 }
 
 fn step(text: &str) {

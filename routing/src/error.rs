@@ -19,6 +19,22 @@ impl ConfigError {
     }
 }
 
+/// Parses JSON into `T`; an error names the field as a path (e.g.
+/// `table.entries[0].routing_key`), or `root` when the document as a whole is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    root: &str,
+) -> Result<T, ConfigError> {
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = match e.path().to_string() {
+            path if path == "." => root.to_owned(),
+            path => path,
+        };
+        ConfigError::new(field, e.into_inner().to_string())
+    })
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.reason)

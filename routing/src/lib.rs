@@ -96,16 +96,7 @@ impl Settings {
         let spec: ConfigSpec = if bytes.iter().all(u8::is_ascii_whitespace) {
             ConfigSpec::default()
         } else {
-            // serde_path_to_error names the field for nested errors
-            // (e.g. `table.entries[0].routing_key: invalid type ...`).
-            let mut json = serde_json::Deserializer::from_slice(bytes);
-            serde_path_to_error::deserialize(&mut json).map_err(|e| {
-                let field = match e.path().to_string() {
-                    path if path == "." => "configuration".to_owned(),
-                    path => path,
-                };
-                ConfigError::new(field, e.into_inner().to_string())
-            })?
+            error::parse_json(bytes, "configuration")?
         };
         Self::compile(spec)
     }

@@ -58,14 +58,7 @@ impl SyncSettings {
         } else {
             bytes
         };
-        let mut json = serde_json::Deserializer::from_slice(bytes);
-        let settings: SyncSettings = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-            let field = match e.path().to_string() {
-                path if path == "." => "configuration".to_owned(),
-                path => path,
-            };
-            ConfigError::new(field, e.into_inner().to_string())
-        })?;
+        let settings: SyncSettings = crate::error::parse_json(bytes, "configuration")?;
         if settings.control_cluster.is_empty() {
             return Err(ConfigError::new(
                 "control_cluster",
@@ -418,8 +411,9 @@ mod tests {
     }
 
     impl Memory {
-        fn write(&self, writes: Vec<SharedWrite>) {
-            for w in writes {
+        /// Applies `update` to `table` and writes the result, as the singleton does.
+        fn publish(&self, table: &mut PushedTable, update: &[u8]) {
+            for w in table.apply(update).unwrap() {
                 self.0.borrow_mut().insert(w.key, w.value);
             }
         }
@@ -469,13 +463,9 @@ mod tests {
     fn snapshot_then_deltas_route_through_shared_data() {
         let memory = Memory::default();
         let mut table = PushedTable::default();
-        memory.write(
-            table
-                .apply(&snapshot(
-                    1,
-                    vec![entry("ka", "a", "backend", "10.0.0.1:80")],
-                ))
-                .unwrap(),
+        memory.publish(
+            &mut table,
+            &snapshot(1, vec![entry("ka", "a", "backend", "10.0.0.1:80")]),
         );
         let lookup = SharedTable::new(&memory);
         assert_eq!(
@@ -485,15 +475,14 @@ mod tests {
         assert_eq!(lookup.routing_key_of("a").as_deref(), Some("ka"));
         assert!(lookup.is_registered("backend", addr("10.0.0.1:80")));
 
-        memory.write(
-            table
-                .apply(&delta(
-                    2,
-                    1,
-                    vec![entry("kb", "b", "users", "10.0.0.2:80")],
-                    &["ka"],
-                ))
-                .unwrap(),
+        memory.publish(
+            &mut table,
+            &delta(
+                2,
+                1,
+                vec![entry("kb", "b", "users", "10.0.0.2:80")],
+                &["ka"],
+            ),
         );
         assert_eq!(lookup.fork("ka", "backend"), ForkLookup::UnknownKey);
         assert_eq!(lookup.routing_key_of("a"), None);
@@ -515,13 +504,9 @@ mod tests {
             table.apply(&delta(2, 1, vec![], &[])),
             Err(ApplyError::WrongBase { base: 1, held: 0 })
         );
-        memory.write(
-            table
-                .apply(&snapshot(
-                    1,
-                    vec![entry("ka", "a", "backend", "10.0.0.1:80")],
-                ))
-                .unwrap(),
+        memory.publish(
+            &mut table,
+            &snapshot(1, vec![entry("ka", "a", "backend", "10.0.0.1:80")]),
         );
         assert!(matches!(
             table.apply(&delta(3, 2, vec![], &[])),
@@ -546,20 +531,15 @@ mod tests {
     fn a_reloaded_singleton_clears_what_the_new_snapshot_lacks() {
         let memory = Memory::default();
         let mut first = PushedTable::default();
-        memory.write(
-            first
-                .apply(&snapshot(
-                    5,
-                    vec![entry("ka", "a", "backend", "10.0.0.1:80")],
-                ))
-                .unwrap(),
+        memory.publish(
+            &mut first,
+            &snapshot(5, vec![entry("ka", "a", "backend", "10.0.0.1:80")]),
         );
         // A new VM starts from the index only.
         let mut second = PushedTable::resume((&memory).get(INDEX_KEY).as_deref());
-        memory.write(
-            second
-                .apply(&snapshot(6, vec![entry("kb", "b", "users", "10.0.0.2:80")]))
-                .unwrap(),
+        memory.publish(
+            &mut second,
+            &snapshot(6, vec![entry("kb", "b", "users", "10.0.0.2:80")]),
         );
         let lookup = SharedTable::new(&memory);
         assert_eq!(lookup.fork("ka", "backend"), ForkLookup::UnknownKey);

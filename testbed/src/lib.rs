@@ -44,6 +44,20 @@ pub fn filter_wasm() -> PathBuf {
         })
 }
 
+/// A binary built next to the running one (`make build` builds them together),
+/// e.g. `sandbox-router` for the demo and the benchmarks.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name));
+    if !path.exists() {
+        anyhow::bail!("no {} (run `make build`)", path.display());
+    }
+    Ok(path)
+}
+
 /// A file shipped in `envoy-config/`.
 pub fn shipped_config(name: &str) -> anyhow::Result<String> {
     let path = workspace_root().join("envoy-config").join(name);
