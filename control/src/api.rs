@@ -88,7 +88,7 @@ async fn require_token_for_writes(
 }
 
 /// Compares without an early exit, so timing does not reveal a token prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -289,6 +289,12 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
             "counter",
             "Incremental updates sent to proxies.",
             n.updates_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "sandbox_router_watch_refused_total",
+            "counter",
+            "Watch streams refused for a missing or wrong watch token.",
+            n.watch_refused.load(Ordering::Relaxed),
         ),
     ];
     let mut text = String::new();

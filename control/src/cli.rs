@@ -80,6 +80,9 @@ enum Command {
     Header(HeaderArgs),
     /// Show what the filter would decide for a request, and why.
     Explain(ExplainArgs),
+    /// Make a credential for an edge Envoy: prints it, and the SHA-256 digest
+    /// that goes into the edge filter configuration (`edge.credential_sha256`).
+    EdgeCredential,
 }
 
 #[derive(Args)]
@@ -90,6 +93,10 @@ struct ServeArgs {
     /// SQLite store file (created if missing).
     #[arg(long, env = "SANDBOX_ROUTER_DB", default_value = "sandbox-router.db")]
     db: PathBuf,
+    /// Bearer token the proxies' watch streams must send (the sync plugin's
+    /// `token`); without it any proxy that reaches the port can watch.
+    #[arg(long, env = "SANDBOX_ROUTER_WATCH_TOKEN", hide_env_values = true)]
+    watch_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +240,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status => status(&client).await,
         Command::Header(args) => header(&client, args),
         Command::Explain(args) => explain(&client, args).await,
+        Command::EdgeCredential => edge_credential(&client),
     }
 }
 
@@ -248,14 +256,19 @@ async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
     let (sandboxes, groups, version) =
         control.read(|m, v| (m.sandboxes().count(), m.groups().count(), v));
     out!(
-        "sandbox-router control service on http://{local} (store {}: {sandboxes} sandboxes, {groups} route groups, table version {version}; writes {})",
+        "sandbox-router control service on http://{local} (store {}: {sandboxes} sandboxes, {groups} route groups, table version {version}; writes {}; watch streams {})",
         args.db.display(),
-        if token.is_some() { "need the bearer token" } else { "are open: set --token to require one" }
+        if token.is_some() { "need the bearer token" } else { "are open: set --token to require one" },
+        if args.watch_token.is_some() { "need the watch token" } else { "are open: set --watch-token to require one" },
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    sandbox_router_control::serve(listener, control, token, shutdown)
+    let tokens = sandbox_router_control::Tokens {
+        write: token,
+        watch: args.watch_token,
+    };
+    sandbox_router_control::serve(listener, control, tokens, shutdown)
         .await
         .map_err(|e| Failure::unreachable(format!("serving: {e}")))
 }
@@ -588,6 +601,28 @@ fn header(client: &Client, args: HeaderArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn edge_credential(client: &Client) -> Result<(), Failure> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Failure::unreachable(format!("no randomness from the OS: {e}")))?;
+    let credential: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = sandbox_router_routing::edge::credential_sha256(credential.as_bytes());
+    let value = json!({
+        "credential": credential,
+        "header": sandbox_router_routing::edge::DEFAULT_CREDENTIAL_HEADER,
+        "sha256": sha256,
+    });
+    client.print(&value, |_| {
+        out!("credential: {credential}");
+        out!(
+            "send it as: {}: {credential}",
+            sandbox_router_routing::edge::DEFAULT_CREDENTIAL_HEADER
+        );
+        out!("edge filter configuration: \"credential_sha256\": [\"{sha256}\"]");
+    });
+    Ok(())
+}
+
 async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
     let settings = match &args.config {
         Some(path) => {
@@ -703,6 +738,9 @@ fn reason_text(reason: sandbox_router_routing::BaselineReason) -> &'static str {
             "an override names an endpoint the table does not register for this service"
         }
         NoDestination => "the destination service could not be named from the request",
+        Untrusted => {
+            "an edge Envoy removed the routing context: the request came from an untrusted source"
+        }
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Counters {
     pub expired_sandboxes: AtomicU64,
     pub updates_sent: AtomicU64,
     pub snapshots_sent: AtomicU64,
+    /// Watch streams refused for a missing or wrong watch token.
+    pub watch_refused: AtomicU64,
 }
 
 /// One connected proxy, as `sandbox-router status` shows it.

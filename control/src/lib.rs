@@ -31,14 +31,25 @@ pub use error::ApiError;
 pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Serves API and watch stream on `listener` until `shutdown` resolves.
+/// Bearer tokens the service requires; `None`: open.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// For API writes (people and CI).
+    pub write: Option<String>,
+    /// For the proxies' watch streams: a separate token, so a proxy never
+    /// holds one that can change the table.
+    pub watch: Option<String>,
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
-    token: Option<String>,
+    tokens: Tokens,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grpc = tonic::service::Routes::new(watch::service(Arc::clone(&control))).into_axum_router();
-    let app = api::router(Arc::clone(&control), token).merge(grpc);
+    let grpc = tonic::service::Routes::new(watch::service(Arc::clone(&control), tokens.watch))
+        .into_axum_router();
+    let app = api::router(Arc::clone(&control), tokens.write).merge(grpc);
     let expiry = tokio::spawn(expire_forever(control));
     let served = axum::serve(
         listener,

@@ -13,15 +13,25 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::constant_time_eq;
 use crate::control::Control;
 use crate::grpc::routing_table_service_server::{RoutingTableService, RoutingTableServiceServer};
 
-pub fn service(control: Arc<Control>) -> RoutingTableServiceServer<WatchService> {
-    RoutingTableServiceServer::new(WatchService { control })
+/// `token`: when set, a proxy must send `authorization: Bearer <token>` as
+/// gRPC metadata to open the stream.
+pub fn service(
+    control: Arc<Control>,
+    token: Option<String>,
+) -> RoutingTableServiceServer<WatchService> {
+    RoutingTableServiceServer::new(WatchService {
+        control,
+        token: token.map(Arc::from),
+    })
 }
 
 pub struct WatchService {
     control: Arc<Control>,
+    token: Option<Arc<str>>,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<TableUpdate, Status>> + Send>>;
@@ -34,6 +44,22 @@ impl RoutingTableService for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<UpdateStream>, Status> {
+        if let Some(token) = &self.token {
+            let given = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                self.control
+                    .counters
+                    .watch_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Status::unauthenticated(
+                    "this control service needs the watch token (the sync plugin's \"token\")",
+                ));
+            }
+        }
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

@@ -26,6 +26,15 @@ async fn control() -> ControlService {
 /// A sidecar on the pushed table (no `table` in the filter configuration),
 /// with sandboxed `backend/feature-x` and `frontend/frontend-y` workloads.
 async fn sidecar(control: &ControlService, node_id: &str) -> Sidecar {
+    sidecar_with(control, node_id, None).await
+}
+
+/// [`sidecar`] with the singleton configuration `sync_config`.
+async fn sidecar_with(
+    control: &ControlService,
+    node_id: &str,
+    sync_config: Option<String>,
+) -> Sidecar {
     let options = SidecarOptions {
         sandboxes: vec![
             ("backend".into(), "feature-x".into()),
@@ -33,6 +42,7 @@ async fn sidecar(control: &ControlService, node_id: &str) -> Sidecar {
         ],
         node_id: node_id.to_owned(),
         control: Some(control.addr()),
+        sync_config,
         ..SidecarOptions::default()
     };
     Sidecar::start(options, |_| Ok(json!({ "debug_header": true }).to_string()))
@@ -549,6 +559,138 @@ async fn writes_need_the_token_when_one_is_configured() {
         .await
         .unwrap();
     assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn the_watch_stream_needs_the_watch_token_when_one_is_configured() {
+    let control =
+        ControlService::start_with_args(Path::new(BIN), None, &["--watch-token", "w4tch"])
+            .await
+            .unwrap();
+    let sync = |token: Option<&str>| {
+        let mut config = json!({ "control_cluster": "sandbox_router_control" });
+        if let Some(token) = token {
+            config["token"] = json!(token);
+        }
+        Some(config.to_string())
+    };
+    let with_token = sidecar_with(&control, "with-token", sync(Some("w4tch"))).await;
+    let refused = [
+        sidecar_with(&control, "no-token", sync(None)).await,
+        sidecar_with(&control, "wrong-token", sync(Some("w4tch2"))).await,
+    ];
+    let key = feature_x(&control, &with_token).await;
+
+    // Both other proxies were refused, noticed it, and have no table.
+    poll_until("both proxies refused", DEADLINE, || async {
+        let metrics = reqwest::get(format!("{}/metrics", control.url()))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let refusals: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sandbox_router_watch_refused_total "))?
+            .parse()
+            .ok()?;
+        for proxy in &refused {
+            let stats = proxy.envoy.stats().await.ok()?;
+            (stats.filter("sync.disconnects") >= 1).then_some(())?;
+        }
+        (refusals >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    for proxy in &refused {
+        let stats = proxy.envoy.stats().await.unwrap();
+        assert_eq!(stats.filter("sync.updates_applied"), 0);
+        let reply = proxy
+            .get("backend", &[("baggage", baggage(&key).as_bytes())])
+            .await
+            .unwrap();
+        assert_eq!(reply.served_by(), "backend/baseline");
+        assert_eq!(
+            reply.decision.as_deref(),
+            Some("baseline; reason=unknown_key; source=baggage; service=backend")
+        );
+    }
+    let (_, body) = control.api(Method::GET, "/v1/proxies", None).await.unwrap();
+    let nodes: Vec<&str> = body["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["node_id"].as_str())
+        .collect();
+    assert_eq!(nodes, ["with-token"]);
+}
+
+#[tokio::test]
+async fn a_sigkill_during_a_stream_of_writes_loses_no_acknowledged_write() {
+    let mut control = control().await;
+    let url = format!("{}/v1/sandboxes", control.url());
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    // Four writers create sandboxes as fast as they can until the service is gone.
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (url, acknowledged) = (url.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for i in 0.. {
+                    let name = format!("w{writer}-{i}");
+                    let endpoint = format!("10.{writer}.{}.{}:80", i / 250, i % 250 + 1);
+                    let body = json!({ "name": name, "forks": { "backend": [endpoint] } });
+                    match http.post(&url).json(&body).send().await {
+                        Ok(response) if response.status() == 201 => {
+                            acknowledged.lock().unwrap().push((name, endpoint));
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    poll_until("40 acknowledged writes", DEADLINE, || async {
+        (acknowledged.lock().unwrap().len() >= 40).then_some(())
+    })
+    .await
+    .unwrap();
+    control.kill();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    control.restart().await.unwrap();
+
+    let (_, list) = control
+        .api(Method::GET, "/v1/sandboxes", None)
+        .await
+        .unwrap();
+    let stored: std::collections::BTreeMap<String, Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s.clone()))
+        .collect();
+    // Every acknowledged write is there, whole.
+    for (name, endpoint) in acknowledged.lock().unwrap().iter() {
+        let sandbox = stored.get(name).unwrap_or_else(|| panic!("{name} lost"));
+        assert_eq!(sandbox["forks"]["backend"], json!([endpoint]), "{name}");
+    }
+    // Nothing half-written: a write that was cut off is absent or whole, and
+    // each stored write moved the version exactly once.
+    for (name, sandbox) in &stored {
+        assert_eq!(
+            sandbox["forks"]["backend"].as_array().map(Vec::len),
+            Some(1),
+            "{name}"
+        );
+        assert_eq!(
+            sandbox["routing_key"].as_str().map(str::len),
+            Some(24),
+            "{name}"
+        );
+    }
+    assert_eq!(list["version"], json!(stored.len()));
 }
 
 #[tokio::test]

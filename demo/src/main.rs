@@ -8,9 +8,10 @@
 //!                 └── routing table pushed by `sandbox-router serve` (SQLite store)
 //! ```
 //!
-//! Both Envoys run the shipped `envoy-config/sidecar.yaml` with the shipped
-//! `filter-config.json`; the apps propagate the tracing context; sandboxes are
-//! created with the real CLI. Every answer is checked, and the demo exits
+//! Both Envoys run the shipped `envoy-config/sidecar.yaml`: the sidecar with
+//! the shipped `filter-config.json`, the edge with `filter-config-edge.json`
+//! (edge mode: routing context only with the testers' credential). The apps
+//! propagate the tracing context; sandboxes are created with the real CLI. Every answer is checked, and the demo exits
 //! non-zero if one lands anywhere unexpected. Everything it starts stops when
 //! it ends, or on Ctrl-C.
 
@@ -42,6 +43,8 @@ struct Demo {
     control: ControlService,
     edge: Envoy,
     edge_listener: SocketAddr,
+    /// The testers' edge credential (`sandbox-router edge-credential`).
+    credential: String,
     sidecar: Envoy,
     http: reqwest::Client,
     unexpected: usize,
@@ -52,6 +55,7 @@ async fn run() -> Result<()> {
     println!("sandbox-router demo\n");
     println!("  client ──► edge Envoy ──► frontend ──► frontend's sidecar Envoy ──► backend");
     println!("  Both Envoys run the sandbox-router filter; the control service pushes the routing table to both.");
+    println!("  The edge Envoy is in edge mode: it honours routing context only from requests with the testers' credential.");
     println!("  The apps pass the tracing context (baggage etc.) on to the calls they make, as instrumented apps do.\n");
     let mut demo = Demo::start().await?;
     let backend_v2 = demo._services[1].addr();
@@ -173,6 +177,12 @@ async fn run() -> Result<()> {
         "frontend/baseline -> backend/baseline",
     )
     .await?;
+    demo.request_from_public(
+        "a valid routing key, sent from outside without the edge credential",
+        &[("baggage", baggage.clone())],
+        "frontend/baseline -> backend/baseline",
+    )
+    .await?;
     demo.request(
         "a routing key nobody created",
         &[("baggage", "sandbox-routing-key=guessed-key")],
@@ -235,6 +245,23 @@ impl Demo {
         let backend = EchoService::start("backend", "baseline").await?;
         let backend_v2 = EchoService::start("backend", "backend-v2").await?;
         let filter_config = shipped_config("filter-config.json")?;
+        // Testers get a credential for the edge; the edge config holds its digest.
+        step("Make the testers' credential for the edge Envoy (edge mode):");
+        println!("  $ sandbox-router edge-credential --output json");
+        let output = control.cli(&["--output", "json", "edge-credential"])?;
+        let made: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| anyhow!("edge-credential printed no JSON: {e}"))?;
+        let (Some(credential), Some(sha256)) =
+            (made["credential"].as_str(), made["sha256"].as_str())
+        else {
+            bail!("edge-credential printed {made}");
+        };
+        println!("    credential {credential}, sha256 {sha256}\n");
+        let credential = credential.to_owned();
+        let edge_filter_config = testbed::render(
+            &shipped_config("filter-config-edge.json")?,
+            &[("EDGE_CREDENTIAL_SHA256", sha256)],
+        )?;
         // The frontend's sidecar routes its calls to `backend`.
         let sidecar_ports = SidecarPorts {
             backend_baseline: backend.addr().port(),
@@ -259,7 +286,11 @@ impl Demo {
             frontend_baseline: frontend.addr().port(),
             control: control.addr().port(),
         };
-        let edge = Envoy::start(&sidecar_config("edge", &edge_ports, &filter_config)?, 1).await?;
+        let edge = Envoy::start(
+            &sidecar_config("edge", &edge_ports, &edge_filter_config)?,
+            1,
+        )
+        .await?;
         let edge_listener = edge.listener("outbound").await?;
         let http = reqwest::Client::builder().no_proxy().build()?;
         wait_for_filter(&sidecar, &http, sidecar_listener, "backend").await?;
@@ -288,6 +319,7 @@ impl Demo {
             control,
             edge,
             edge_listener,
+            credential,
             sidecar,
             http,
             unexpected: 0,
@@ -295,17 +327,41 @@ impl Demo {
         })
     }
 
-    /// Sends `GET / Host: frontend` to the edge and checks who answered.
+    /// Sends `GET / Host: frontend` to the edge as a tester (with the edge
+    /// credential) and checks who answered.
     async fn request<N: AsRef<str>, V: AsRef<str>>(
         &mut self,
         what: &str,
         headers: &[(N, V)],
         expect: &str,
     ) -> Result<Reply> {
-        let refs: Vec<(&str, &[u8])> = headers
+        self.send(what, headers, expect, true).await
+    }
+
+    /// [`Demo::request`] as anyone on the outside: without the credential.
+    async fn request_from_public<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        what: &str,
+        headers: &[(N, V)],
+        expect: &str,
+    ) -> Result<Reply> {
+        self.send(what, headers, expect, false).await
+    }
+
+    async fn send<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        what: &str,
+        headers: &[(N, V)],
+        expect: &str,
+        as_tester: bool,
+    ) -> Result<Reply> {
+        let mut refs: Vec<(&str, &[u8])> = headers
             .iter()
             .map(|(n, v)| (n.as_ref(), v.as_ref().as_bytes()))
             .collect();
+        if as_tester {
+            refs.push((CREDENTIAL_HEADER, self.credential.as_bytes()));
+        }
         let reply = get_via(&self.http, self.edge_listener, "frontend", &refs).await?;
         let served = reply.served_by();
         let verdict = if served == expect { "ok" } else { "UNEXPECTED" };
@@ -336,7 +392,10 @@ impl Demo {
                     &self.http,
                     self.edge_listener,
                     "frontend",
-                    &[("baggage", value.as_bytes())],
+                    &[
+                        ("baggage", value.as_bytes()),
+                        (CREDENTIAL_HEADER, self.credential.as_bytes()),
+                    ],
                 )
                 .await
                 .ok()?;
@@ -366,6 +425,8 @@ impl Demo {
         Ok(text)
     }
 }
+
+use sandbox_router_routing::edge::DEFAULT_CREDENTIAL_HEADER as CREDENTIAL_HEADER;
 
 fn step(text: &str) {
     println!("== {text}\n");

@@ -26,5 +26,5 @@ fn demo_runs_and_every_request_lands_where_expected() {
         stdout.contains("Table version 3; 2 proxies connected."),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("[ok]").count(), 14, "{stdout}");
+    assert_eq!(stdout.matches("[ok]").count(), 15, "{stdout}");
 }

@@ -139,6 +139,14 @@ impl Root {
                 "sandbox-router: configured; routing by the table the control service pushes"
             ),
         }
+        if let Some(edge) = &settings.edge {
+            log::info!(
+                "sandbox-router: edge mode; routing context honoured from {} trusted CIDRs or with one of {} credentials in {}",
+                edge.trusted_cidrs(),
+                edge.credentials(),
+                edge.credential_header
+            );
+        }
         *self = Root::Filter(FilterRoot {
             settings: Rc::new(settings),
             metrics,

@@ -8,7 +8,8 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use sandbox_router_routing::shared::{SharedStore, SharedTable};
 use sandbox_router_routing::{
-    Decision, Outcome, RoutingContext, Settings, DEBUG_HEADER, ORIGINAL_DST_HEADER,
+    BaselineReason, Decision, HeaderEdit, Outcome, RoutingContext, Settings, DEBUG_HEADER,
+    ORIGINAL_DST_HEADER,
 };
 
 use crate::metrics::Metrics;
@@ -78,6 +79,45 @@ impl HttpContext for RouteRequest {
             self.count(|m| m.internal_headers_removed());
         }
 
+        if let Some(edge) = &settings.edge {
+            let credential = headers
+                .iter()
+                .find(|(name, _)| *name == edge.credential_header)
+                .map(|(_, value)| value.as_slice());
+            if credential.is_some() {
+                // Never forwarded, trusted or not.
+                let _ = hostcalls::remove_map_value(
+                    MapType::HttpRequestHeaders,
+                    &edge.credential_header,
+                );
+            }
+            let source_address = || {
+                hostcalls::get_property(vec!["source", "address"])
+                    .ok()
+                    .flatten()
+            };
+            let removal = settings.untrusted_context(&scanned, credential, source_address);
+            if !removal.is_empty() {
+                for edit in &removal {
+                    let _ = match edit {
+                        HeaderEdit::Remove(name) => {
+                            hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
+                        }
+                        HeaderEdit::Replace(name, value) => hostcalls::set_map_value_bytes(
+                            MapType::HttpRequestHeaders,
+                            name,
+                            Some(value),
+                        ),
+                    };
+                }
+                self.count(|m| m.baseline(BaselineReason::Untrusted));
+                if settings.debug_header {
+                    self.debug_decision = Some(String::from("baseline; reason=untrusted"));
+                }
+                return Action::Continue;
+            }
+        }
+
         let pick = self.next_endpoint.get();
         let cluster_name = || {
             hostcalls::get_property(vec!["xds", "cluster_name"])
@@ -119,7 +159,7 @@ impl HttpContext for RouteRequest {
                         MapType::HttpRequestHeaders,
                         &settings.marker_header,
                     );
-                    self.count(|m| m.baseline(sandbox_router_routing::BaselineReason::Malformed));
+                    self.count(|m| m.baseline(BaselineReason::Malformed));
                 }
             }
             Decision::Baseline(reason) => self.count(|m| m.baseline(reason)),

@@ -41,6 +41,20 @@ fn shipped_sidecar_and_filter_configs_validate() {
         output.contains("static table version 1 with 1 routing keys"),
         "{output}"
     );
+
+    // The ingress Envoy's configuration (edge mode).
+    let edge = render(
+        &shipped_config("filter-config-edge.json").unwrap(),
+        &[("EDGE_CREDENTIAL_SHA256", &"ab".repeat(32))],
+    )
+    .unwrap();
+    let output = validate_sidecar_with(&edge).unwrap_or_else(|e| panic!("envoy rejected it:\n{e}"));
+    assert!(
+        output.contains(
+            "edge mode; routing context honoured from 0 trusted CIDRs or with one of 1 credentials in x-sandbox-router-credential"
+        ),
+        "{output}"
+    );
 }
 
 #[test]
@@ -67,6 +81,14 @@ fn a_bad_filter_configuration_is_refused_naming_the_field() {
         (
             r#"{"table": {"entries": [{"routing_key": "has space"}]}}"#,
             "table.entries[0].routing_key:",
+        ),
+        (
+            r#"{"edge": {"trusted_cidrs": ["10.0.0.0/33"]}}"#,
+            "edge.trusted_cidrs[0]: must be a CIDR",
+        ),
+        (
+            r#"{"edge": {"credential_sha256": ["s3cret"]}}"#,
+            "edge.credential_sha256[0]: must be a SHA-256 digest",
         ),
         ("not json", "configuration: expected ident"),
         (

@@ -104,6 +104,20 @@ pub struct RequestHeaders<'a> {
     ot_span_context: Vec<&'a [u8]>,
 }
 
+impl RequestHeaders<'_> {
+    pub(crate) fn baggage_lines(&self) -> &[&[u8]] {
+        &self.baggage
+    }
+
+    pub(crate) fn tracestate_lines(&self) -> &[&[u8]] {
+        &self.tracestate
+    }
+
+    pub(crate) fn has_span_context(&self) -> bool {
+        !self.ot_span_context.is_empty()
+    }
+}
+
 /// What a request's headers say, before the table is consulted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RoutingContext {
@@ -159,6 +173,30 @@ impl ContextConfig {
             }
         }
         seen
+    }
+
+    /// The `ot-baggage-<name>` and `uberctx-<name>` headers the request
+    /// carries under our names.
+    pub(crate) fn prefixed_headers(&self, headers: &RequestHeaders<'_>) -> Vec<String> {
+        let name = |slot: &Slot| match slot {
+            Slot::Key(i) => self.keys.get(*i).map(String::as_str),
+            Slot::Overrides => self.overrides_key.as_deref(),
+        };
+        let mut found: Vec<String> = Vec::new();
+        for (prefix, seen) in [
+            ("ot-baggage-", &headers.ot_baggage),
+            ("uberctx-", &headers.uberctx),
+        ] {
+            for (slot, _) in seen {
+                if let Some(name) = name(slot) {
+                    let header = format!("{prefix}{name}");
+                    if !found.contains(&header) {
+                        found.push(header);
+                    }
+                }
+            }
+        }
+        found
     }
 
     fn slot(&self, name: &str) -> Option<Slot> {

@@ -31,16 +31,20 @@ pub enum BaselineReason {
     UnregisteredEndpoint,
     /// The destination service could not be named from the request.
     NoDestination,
+    /// Edge mode: the routing context came from an untrusted source and was
+    /// removed from the request.
+    Untrusted,
 }
 
 impl BaselineReason {
-    pub const ALL: [BaselineReason; 6] = [
+    pub const ALL: [BaselineReason; 7] = [
         BaselineReason::NoContext,
         BaselineReason::UnknownKey,
         BaselineReason::NoForkForService,
         BaselineReason::Malformed,
         BaselineReason::UnregisteredEndpoint,
         BaselineReason::NoDestination,
+        BaselineReason::Untrusted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl BaselineReason {
             BaselineReason::Malformed => "malformed",
             BaselineReason::UnregisteredEndpoint => "unregistered_endpoint",
             BaselineReason::NoDestination => "no_destination",
+            BaselineReason::Untrusted => "untrusted",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod baggage;
 pub mod context;
 pub mod decision;
 pub mod destination;
+pub mod edge;
 pub mod error;
 pub mod key;
 pub mod mint;
@@ -31,6 +32,7 @@ pub use context::{
 };
 pub use decision::{decide, BaselineReason, Decision};
 pub use destination::{Destination, DestinationFrom, DestinationSpec};
+pub use edge::{EdgePolicy, EdgeSpec, HeaderEdit};
 pub use error::ConfigError;
 pub use table::{ForkLookup, RouteLookup, RoutingTable, TableSpec};
 
@@ -67,6 +69,10 @@ pub struct ConfigSpec {
     /// the control service pushes (kept in shared data by the singleton).
     #[serde(default)]
     pub table: Option<TableSpec>,
+    /// Edge mode for the ingress Envoy: honour routing context only from
+    /// trusted sources (see [`edge`]).
+    #[serde(default)]
+    pub edge: Option<EdgeSpec>,
 }
 
 /// Compiled, validated filter settings.
@@ -78,6 +84,8 @@ pub struct Settings {
     pub debug_header: bool,
     /// The configured static table; `None`: the pushed table.
     pub table: Option<RoutingTable>,
+    /// Edge mode; `None` on a sidecar, which honours all routing context.
+    pub edge: Option<EdgePolicy>,
 }
 
 /// Result of routing one request.
@@ -167,6 +175,7 @@ impl Settings {
             marker_header,
             debug_header: spec.debug_header,
             table,
+            edge: spec.edge.map(EdgePolicy::compile).transpose()?,
         })
     }
 
@@ -176,6 +185,25 @@ impl Settings {
         I: IntoIterator<Item = (&'a str, &'a [u8])>,
     {
         self.context.scan(&self.marker_header, headers)
+    }
+
+    /// In edge mode, the header edits that strip the routing context of an
+    /// untrusted request (empty when it carries none, or is trusted; see
+    /// [`edge`]). `source_address` is asked only when needed.
+    pub fn untrusted_context(
+        &self,
+        headers: &RequestHeaders<'_>,
+        credential: Option<&[u8]>,
+        source_address: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Vec<HeaderEdit> {
+        let Some(edge) = &self.edge else {
+            return Vec::new();
+        };
+        let edits = edge::context_removal(&self.context, headers);
+        if edits.is_empty() || edge.trust(credential, source_address).is_some() {
+            return Vec::new();
+        }
+        edits
     }
 
     /// Routes one request. `cluster_name` is asked only when the destination
@@ -225,7 +253,7 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn is_header_name(name: &str) -> bool {
+pub(crate) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -15,6 +15,8 @@ pub struct ControlService {
     binary: PathBuf,
     db: PathBuf,
     token: Option<String>,
+    /// More `serve` arguments (e.g. `--watch-token`).
+    serve_args: Vec<String>,
     addr: SocketAddr,
     child: Option<Child>,
     http: reqwest::Client,
@@ -24,11 +26,21 @@ pub struct ControlService {
 impl ControlService {
     /// Starts `binary serve` on a free port with a fresh store in a temp dir.
     pub async fn start(binary: &Path, token: Option<&str>) -> Result<ControlService> {
+        Self::start_with_args(binary, token, &[]).await
+    }
+
+    /// [`ControlService::start`] with more `serve` arguments.
+    pub async fn start_with_args(
+        binary: &Path,
+        token: Option<&str>,
+        serve_args: &[&str],
+    ) -> Result<ControlService> {
         let dir = tempfile::Builder::new()
             .prefix("sandbox-router-control-")
             .tempdir()?;
         let db = dir.path().join("store.db");
         let mut control = Self::new(binary, &db, token)?;
+        control.serve_args = serve_args.iter().map(|a| (*a).to_owned()).collect();
         control._dir = Some(dir);
         control.spawn().await?;
         Ok(control)
@@ -50,6 +62,7 @@ impl ControlService {
             binary: binary.to_owned(),
             db: db.to_owned(),
             token: token.map(str::to_owned),
+            serve_args: Vec::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             http: reqwest::Client::builder().no_proxy().build()?,
@@ -65,7 +78,9 @@ impl ControlService {
             .arg(self.addr.to_string())
             .arg("--db")
             .arg(&self.db)
+            .args(&self.serve_args)
             .env_remove("SANDBOX_ROUTER_TOKEN")
+            .env_remove("SANDBOX_ROUTER_WATCH_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

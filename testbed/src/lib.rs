@@ -19,7 +19,8 @@ pub use echo::{EchoReply, EchoService, NextHop};
 pub use envoy::{Envoy, Stats};
 pub use render::render;
 pub use sidecar::{
-    get_via, sidecar_config, wait_for_filter, Reply, Sidecar, SidecarOptions, SidecarPorts,
+    get_via, sidecar_config, sidecar_config_with_sync, wait_for_filter, Reply, Sidecar,
+    SidecarOptions, SidecarPorts, DEFAULT_SYNC_CONFIG,
 };
 
 /// The workspace root (parent of this crate).

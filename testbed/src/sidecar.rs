@@ -19,6 +19,8 @@ pub struct SidecarOptions {
     /// Where the control service listens; `None`: nowhere (a static table is
     /// configured, and the singleton's reconnect attempts fail harmlessly).
     pub control: Option<SocketAddr>,
+    /// The singleton's configuration; `None`: [`DEFAULT_SYNC_CONFIG`].
+    pub sync_config: Option<String>,
 }
 
 impl Default for SidecarOptions {
@@ -28,6 +30,7 @@ impl Default for SidecarOptions {
             concurrency: 1,
             node_id: "sidecar".to_owned(),
             control: None,
+            sync_config: None,
         }
     }
 }
@@ -73,6 +76,19 @@ impl Reply {
 
 /// `envoy-config/sidecar.yaml` rendered on free ports with this filter configuration.
 pub fn sidecar_config(node_id: &str, ports: &SidecarPorts, filter_config: &str) -> Result<String> {
+    sidecar_config_with_sync(node_id, ports, filter_config, DEFAULT_SYNC_CONFIG)
+}
+
+/// The singleton's configuration when a test gives none.
+pub const DEFAULT_SYNC_CONFIG: &str = r#"{"control_cluster": "sandbox_router_control"}"#;
+
+/// [`sidecar_config`] with the singleton's JSON configuration `sync_config`.
+pub fn sidecar_config_with_sync(
+    node_id: &str,
+    ports: &SidecarPorts,
+    filter_config: &str,
+    sync_config: &str,
+) -> Result<String> {
     let wasm = crate::filter_wasm();
     if !wasm.exists() {
         anyhow::bail!("no filter at {} (run `make build`)", wasm.display());
@@ -91,6 +107,7 @@ pub fn sidecar_config(node_id: &str, ports: &SidecarPorts, filter_config: &str) 
             ("CONTROL_PORT", &ports.control.to_string()),
             ("WASM_PATH", &wasm.display().to_string()),
             ("FILTER_CONFIG", filter_config),
+            ("SYNC_CONFIG", sync_config),
         ],
     )
 }
@@ -115,7 +132,15 @@ impl Sidecar {
             frontend_baseline: frontend_baseline.addr().port(),
             control: options.control.map_or(1, |c| c.port()),
         };
-        let config = sidecar_config(&options.node_id, &ports, &filter_config(&addrs)?)?;
+        let config = sidecar_config_with_sync(
+            &options.node_id,
+            &ports,
+            &filter_config(&addrs)?,
+            options
+                .sync_config
+                .as_deref()
+                .unwrap_or(DEFAULT_SYNC_CONFIG),
+        )?;
         let envoy = Envoy::start(&config, options.concurrency).await?;
         let listener = envoy.listener("outbound").await?;
         let sidecar = Sidecar {
