@@ -14,7 +14,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
+.PHONY: help build wasm wasm-trap demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,7 +39,12 @@ lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
 unit: ## Native unit and property tests of the core, the control service's model and store, the test bed
 	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed -p sandbox-router-control --lib
 
-integration: deps build ## Tests against a real Envoy running the built filter and the real control service
+# Test-only filter that traps on request (failure-policy tests); its own
+# target dir, so the shipped .wasm never has the feature.
+wasm-trap: wasm-target
+	$(CARGO) build --profile wasm -p sandbox-router-filter --target $(WASM_TARGET) --features test-trap --target-dir target/trap
+
+integration: deps build wasm-trap ## Tests against a real Envoy running the built filter and the real control service
 	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo
 
 bench: deps wasm wrk ## Benchmarks against plain Envoy, native routes, Lua, a Wasm no-op; propagation; fan-out; core micro-benchmarks (bench/results/)

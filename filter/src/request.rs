@@ -63,6 +63,14 @@ impl HttpContext for RouteRequest {
         // `baggage` lines) are all seen. Header names are tokens: Envoy's
         // codecs refuse any other name before filters run.
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        #[cfg(feature = "test-trap")]
+        if headers
+            .iter()
+            .any(|(name, _)| name == "x-sandbox-router-test-trap")
+        {
+            // Aborting in Wasm is an `unreachable` trap: the VM is dead.
+            std::process::abort();
+        }
         let settings = Rc::clone(&self.settings);
         let scanned = settings.scan(
             headers

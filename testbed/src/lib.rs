@@ -20,7 +20,7 @@ pub use envoy::{Envoy, Stats};
 pub use render::render;
 pub use sidecar::{
     get_via, sidecar_config, sidecar_config_with_sync, wait_for_filter, Reply, Sidecar,
-    SidecarOptions, SidecarPorts, DEFAULT_SYNC_CONFIG,
+    SidecarOptions, SidecarPorts, DEFAULT_SYNC_CONFIG, SHIPPED_FAILURE_POLICY,
 };
 
 /// The workspace root (parent of this crate).
@@ -43,6 +43,12 @@ pub fn filter_wasm() -> PathBuf {
         .unwrap_or_else(|| {
             workspace_root().join("target/wasm32-wasip1/wasm/sandbox_router_filter.wasm")
         })
+}
+
+/// The test-only build of the filter that traps on request
+/// (`make wasm-trap`, feature `test-trap`), for the failure-policy tests.
+pub fn trap_filter_wasm() -> PathBuf {
+    workspace_root().join("target/trap/wasm32-wasip1/wasm/sandbox_router_filter.wasm")
 }
 
 /// A binary built next to the running one (`make build` builds them together),

@@ -3,6 +3,7 @@
 //! and sandboxed echo services the test's table points at.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -21,7 +22,14 @@ pub struct SidecarOptions {
     pub control: Option<SocketAddr>,
     /// The singleton's configuration; `None`: [`DEFAULT_SYNC_CONFIG`].
     pub sync_config: Option<String>,
+    /// Another build of the filter (e.g. [`crate::trap_filter_wasm`]).
+    pub wasm: Option<PathBuf>,
+    /// The HTTP filter's `failure_policy` instead of the shipped one.
+    pub failure_policy: Option<&'static str>,
 }
+
+/// The failure policy `envoy-config/sidecar.yaml` ships with.
+pub const SHIPPED_FAILURE_POLICY: &str = "failure_policy: FAIL_RELOAD";
 
 impl Default for SidecarOptions {
     fn default() -> Self {
@@ -31,6 +39,8 @@ impl Default for SidecarOptions {
             node_id: "sidecar".to_owned(),
             control: None,
             sync_config: None,
+            wasm: None,
+            failure_policy: None,
         }
     }
 }
@@ -132,7 +142,7 @@ impl Sidecar {
             frontend_baseline: frontend_baseline.addr().port(),
             control: options.control.map_or(1, |c| c.port()),
         };
-        let config = sidecar_config_with_sync(
+        let mut config = sidecar_config_with_sync(
             &options.node_id,
             &ports,
             &filter_config(&addrs)?,
@@ -141,6 +151,19 @@ impl Sidecar {
                 .as_deref()
                 .unwrap_or(DEFAULT_SYNC_CONFIG),
         )?;
+        if let Some(wasm) = &options.wasm {
+            if !wasm.exists() {
+                anyhow::bail!("no filter at {} (run `make wasm-trap`)", wasm.display());
+            }
+            let shipped = crate::filter_wasm().display().to_string();
+            config = config.replace(&shipped, &wasm.display().to_string());
+        }
+        if let Some(policy) = options.failure_policy {
+            if !config.contains(SHIPPED_FAILURE_POLICY) {
+                anyhow::bail!("sidecar.yaml no longer says {SHIPPED_FAILURE_POLICY}");
+            }
+            config = config.replace(SHIPPED_FAILURE_POLICY, &format!("failure_policy: {policy}"));
+        }
         let envoy = Envoy::start(&config, options.concurrency).await?;
         let listener = envoy.listener("outbound").await?;
         let sidecar = Sidecar {
