@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use sandbox_router_proto::v1::{self as proto, r#override::Target, Override, Overrides};
 use sandbox_router_routing::mint::{self, Carried};
 use sandbox_router_routing::{
-    baggage, decide, Decision, RoutingContext, RoutingTable, Settings, Source,
+    baggage, decide, Decision, HeaderEdit, RoutingContext, RoutingTable, Settings, Source,
 };
 
 const SERVICES: [&str; 3] = ["backend", "users", "frontend"];
@@ -130,18 +130,58 @@ proptest! {
     }
 
     #[test]
-    fn minted_headers_read_back_in_every_format(key in "[A-Za-z0-9_-]{1,64}", format in 0..5usize) {
+    fn minted_headers_read_back_in_every_format(
+        key in prop::option::of("[A-Za-z0-9_-]{1,64}"),
+        overrides in prop::option::of(prop::collection::vec(an_override(), 0..4)),
+        format in 0..5usize,
+    ) {
         let settings = Settings::from_json(b"").unwrap();
         let format = Source::DEFAULT_ORDER[format];
+        // tracestate carries a routing key only; the CLI refuses the rest.
+        let overrides = if format == Source::Tracestate { None } else { overrides.map(|overrides| Overrides { overrides }) };
+        prop_assume!(key.is_some() || overrides.is_some());
         let lines = mint::headers(format, &Carried {
             key_name: "sandbox-routing-key",
-            key: Some(&key),
+            key: key.as_deref(),
             overrides_key: "sandbox-overrides",
-            overrides: None,
+            overrides: overrides.as_ref(),
         });
         let scanned = settings.scan(lines.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
         let context = settings.context.extract(&scanned).context;
-        prop_assert_eq!(context, RoutingContext::Found { source: format, key: Some(key), overrides: None });
+        prop_assert_eq!(context, RoutingContext::Found { source: format, key, overrides });
+    }
+
+    #[test]
+    fn the_edge_leaves_no_routing_context_an_inner_hop_could_read(
+        headers in prop::collection::vec((header_name(), prop::collection::vec(any::<u8>(), 0..200)), 0..8),
+        key in "[a-z0-9]{1,24}",
+        format in 0..5usize,
+    ) {
+        let edge = Settings::from_json(br#"{"edge": {"trusted_cidrs": ["10.0.0.0/8"]}}"#).unwrap();
+        let inner = Settings::from_json(b"").unwrap();
+        // Arbitrary headers, plus one real routing key in some format.
+        let mut lines: Vec<(String, Vec<u8>)> = headers;
+        for (name, value) in mint::headers(Source::DEFAULT_ORDER[format], &Carried::default_names(Some(&key), None)) {
+            lines.push((name, value.into_bytes()));
+        }
+        let scanned = edge.scan(lines.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        let edits = edge.untrusted_context(&scanned, None, || Some(b"203.0.113.9:4000".to_vec()));
+        // What the next hop receives.
+        let mut forwarded = lines.clone();
+        for edit in &edits {
+            match edit {
+                HeaderEdit::Remove(name) => forwarded.retain(|(n, _)| n != name),
+                HeaderEdit::Replace(name, value) => {
+                    forwarded.retain(|(n, _)| n != name);
+                    forwarded.push((name.clone(), value.clone()));
+                }
+            }
+        }
+        let scanned = inner.scan(forwarded.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+        prop_assert_eq!(inner.context.extract(&scanned).context, RoutingContext::None);
+        // A trusted source keeps everything.
+        let trusted = edge.untrusted_context(&edge.scan(lines.iter().map(|(n, v)| (n.as_str(), v.as_slice()))), None, || Some(b"10.1.2.3:4000".to_vec()));
+        prop_assert!(trusted.is_empty());
     }
 
     #[test]
