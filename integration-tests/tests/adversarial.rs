@@ -792,9 +792,6 @@ async fn duplicate_names_decide_the_same_whatever_their_order() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: an alias given twice with different values is ambiguous (malformed) only when \
-            both come before the canonical name; after it, it is ignored and the request routes \
-            (routing/src/context.rs, Candidates::offer)"]
 async fn an_ambiguous_alias_is_malformed_wherever_the_canonical_name_stands() {
     // README: "Two values for the same name in one source ... are ambiguous.
     // The request stays on the baseline as `malformed`." The same members in

@@ -29,6 +29,7 @@ use crate::baggage;
 use crate::key::is_valid_routing_key;
 use crate::percent::decode_strict;
 use crate::tracecontext::{self, TracestateMember};
+use crate::MAX_KEYS;
 
 /// Header Envoy's ORIGINAL_DST cluster reads the upstream address from.
 pub const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
@@ -350,11 +351,13 @@ struct RawContext<'a> {
     overrides: Option<Cow<'a, [u8]>>,
 }
 
-/// Collects one source's values; the lowest key index wins, a name seen twice
-/// with different values is an error.
+/// Collects one source's values; the lowest key index wins, and any name
+/// seen twice with different values is an error, whichever name wins (so the
+/// order of the members never changes the outcome).
 struct Candidates<'a> {
     encoding: Encoding,
-    key: Option<(usize, Cow<'a, [u8]>)>,
+    /// The value of each routing key name (indexed like `ContextConfig::keys`).
+    keys: [Option<Cow<'a, [u8]>>; MAX_KEYS],
     overrides: Option<Cow<'a, [u8]>>,
 }
 
@@ -362,37 +365,42 @@ impl<'a> Candidates<'a> {
     fn new(encoding: Encoding) -> Self {
         Candidates {
             encoding,
-            key: None,
+            keys: std::array::from_fn(|_| None),
             overrides: None,
         }
     }
 
     fn offer(&mut self, slot: Slot, value: Cow<'a, [u8]>) -> Result<(), &'static str> {
-        match slot {
-            Slot::Key(i) => match &self.key {
-                Some((seen, old)) if *seen == i && *old != value => {
-                    return Err("routing key given twice with different values")
-                }
-                Some((seen, _)) if *seen <= i => {}
-                _ => self.key = Some((i, value)),
-            },
-            Slot::Overrides => match &self.overrides {
-                Some(old) if *old != value => {
-                    return Err("overrides given twice with different values")
-                }
-                _ => self.overrides = Some(value),
-            },
+        let (stored, conflict) = match slot {
+            Slot::Key(i) => (
+                self.keys
+                    .get_mut(i)
+                    .ok_or("routing key name out of range")?,
+                "routing key given twice with different values",
+            ),
+            Slot::Overrides => (
+                &mut self.overrides,
+                "overrides given twice with different values",
+            ),
+        };
+        match stored {
+            Some(old) if *old != value => Err(conflict),
+            Some(_) => Ok(()),
+            None => {
+                *stored = Some(value);
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn finish(self) -> Option<RawContext<'a>> {
-        if self.key.is_none() && self.overrides.is_none() {
+        let key = self.keys.into_iter().flatten().next();
+        if key.is_none() && self.overrides.is_none() {
             return None;
         }
         Some(RawContext {
             encoding: self.encoding,
-            key: self.key.map(|(_, v)| v),
+            key,
             overrides: self.overrides,
         })
     }

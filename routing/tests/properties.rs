@@ -185,6 +185,27 @@ proptest! {
     }
 
     #[test]
+    fn the_order_of_baggage_members_never_changes_the_context(
+        (members, shuffled) in prop::collection::vec(
+            (
+                prop::sample::select(vec!["sandbox-routing-key", "sd-routing-key", "other"]),
+                prop::sample::select(vec!["key-a", "key-b"]),
+            ),
+            0..6,
+        )
+        .prop_flat_map(|members| (Just(members.clone()), Just(members).prop_shuffle())),
+    ) {
+        let settings = Settings::from_json(br#"{"keys": ["sandbox-routing-key", "sd-routing-key"]}"#).unwrap();
+        let read = |members: &[(&str, &str)]| {
+            let line: Vec<String> = members.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let line = line.join(",");
+            let scanned = settings.scan([("baggage", line.as_bytes())]);
+            settings.context.extract(&scanned).context
+        };
+        prop_assert_eq!(read(&members), read(&shuffled));
+    }
+
+    #[test]
     fn baggage_reader_respects_its_limits(lines in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..3000), 0..6)) {
         let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
         let members: Vec<_> = baggage::Members::new(&refs).collect();
