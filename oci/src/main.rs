@@ -10,7 +10,9 @@ fn main() -> ExitCode {
         eprintln!("usage: sandbox-router-oci WASM OUT_DIR [TAG]");
         return ExitCode::from(2);
     };
-    let tag = args.get(2).map_or(env!("CARGO_PKG_VERSION"), String::as_str);
+    let tag = args
+        .get(2)
+        .map_or(env!("CARGO_PKG_VERSION"), String::as_str);
     let result = std::fs::read(wasm)
         .map_err(|e| anyhow::anyhow!("reading {wasm}: {e}"))
         .and_then(|bytes| sandbox_router_oci::write_layout(&bytes, tag, &PathBuf::from(out)));

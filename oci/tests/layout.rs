@@ -18,7 +18,11 @@ fn blob(dir: &Path, descriptor: &Value) -> Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
     let bytes = std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap();
     assert_eq!(sha256_hex(&bytes), hex, "{digest}");
-    assert_eq!(descriptor["size"].as_u64(), Some(bytes.len() as u64), "{digest}");
+    assert_eq!(
+        descriptor["size"].as_u64(),
+        Some(bytes.len() as u64),
+        "{digest}"
+    );
     bytes
 }
 
@@ -37,7 +41,10 @@ fn the_layout_holds_one_layer_with_plugin_wasm() {
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
     assert_eq!(entry["mediaType"], MANIFEST_MEDIA_TYPE);
     assert_eq!(entry["digest"], image.digest);
-    assert_eq!(entry["annotations"]["org.opencontainers.image.ref.name"], "0.1.0");
+    assert_eq!(
+        entry["annotations"]["org.opencontainers.image.ref.name"],
+        "0.1.0"
+    );
 
     let manifest: Value = serde_json::from_slice(&blob(dir.path(), entry)).unwrap();
     assert_eq!(manifest["schemaVersion"], 2);
