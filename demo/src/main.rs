@@ -275,7 +275,7 @@ impl Demo {
         .await?;
         let sidecar_listener = sidecar.listener("outbound").await?;
         let next = Some(NextHop {
-            via: sidecar_listener,
+            via: format!("http://{sidecar_listener}"),
             host: "backend".into(),
         });
         let frontend = EchoService::start_calling("frontend", "baseline", next.clone()).await?;

@@ -41,10 +41,13 @@ impl EchoReply {
     }
 }
 
-/// Where a service calls next: `host` through the sidecar listening on `via`.
+/// Where a service calls next: `host` through its sidecar.
 #[derive(Debug, Clone)]
 pub struct NextHop {
-    pub via: SocketAddr,
+    /// The sidecar's listener as a URL: `http://127.0.0.1:PORT`, or
+    /// `http://frontend-sidecar:15001` in containers.
+    pub via: String,
+    /// The service called (the request's `Host`).
     pub host: String,
 }
 
@@ -85,7 +88,25 @@ impl EchoService {
         version: &str,
         next: Option<NextHop>,
     ) -> Result<EchoService> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            service,
+            version,
+            next,
+        )
+        .await
+    }
+
+    /// Serves on `listen` (port 0: any free port) until dropped; every
+    /// request first calls `next`, if given. The `demo-service` binary runs
+    /// one of these in a container.
+    pub async fn start_on(
+        listen: SocketAddr,
+        service: &str,
+        version: &str,
+        next: Option<NextHop>,
+    ) -> Result<EchoService> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let identity = Identity {
             service: service.to_owned(),
@@ -160,7 +181,7 @@ async fn answer(
 
 async fn call(http: &reqwest::Client, next: &NextHop, incoming: &HeaderMap) -> Result<EchoReply> {
     let mut request = http
-        .get(format!("http://{}/", next.via))
+        .get(format!("{}/", next.via.trim_end_matches('/')))
         .header(reqwest::header::HOST, next.host.as_str());
     for (name, value) in incoming
         .iter()

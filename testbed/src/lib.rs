@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod compose;
 mod control;
 mod echo;
 mod envoy;
@@ -14,6 +15,7 @@ mod sidecar;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use compose::{compose_envoy_configs, COMPOSE_DEMO_CREDENTIAL, COMPOSE_DIR, COMPOSE_WASM_PATH};
 pub use control::ControlService;
 pub use echo::{EchoReply, EchoService, NextHop};
 pub use envoy::{Envoy, Stats};

@@ -84,7 +84,8 @@ impl Reply {
     }
 }
 
-/// `envoy-config/sidecar.yaml` rendered on free ports with this filter configuration.
+/// `envoy-config/sidecar.yaml` rendered on loopback, on free ports, with this
+/// filter configuration.
 pub fn sidecar_config(node_id: &str, ports: &SidecarPorts, filter_config: &str) -> Result<String> {
     sidecar_config_with_sync(node_id, ports, filter_config, DEFAULT_SYNC_CONFIG)
 }
@@ -108,12 +109,17 @@ pub fn sidecar_config_with_sync(
         &[
             ("NODE_ID", node_id),
             ("ADMIN_PORT", "0"),
+            ("LISTEN_ADDRESS", "127.0.0.1"),
             ("LISTEN_PORT", "0"),
+            ("CLUSTER_TYPE", "STATIC"),
+            ("BACKEND_BASELINE_ADDRESS", "127.0.0.1"),
             ("BACKEND_BASELINE_PORT", &ports.backend_baseline.to_string()),
+            ("FRONTEND_BASELINE_ADDRESS", "127.0.0.1"),
             (
                 "FRONTEND_BASELINE_PORT",
                 &ports.frontend_baseline.to_string(),
             ),
+            ("CONTROL_ADDRESS", "127.0.0.1"),
             ("CONTROL_PORT", &ports.control.to_string()),
             ("WASM_PATH", &wasm.display().to_string()),
             ("FILTER_CONFIG", filter_config),
