@@ -6,12 +6,14 @@ use std::rc::Rc;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
+use sandbox_router_routing::header_map;
 use sandbox_router_routing::shared::{SharedStore, SharedTable};
 use sandbox_router_routing::{
     BaselineReason, Decision, HeaderEdit, Outcome, RoutingContext, Settings, DEBUG_HEADER,
     ORIGINAL_DST_HEADER,
 };
 
+use crate::host_map;
 use crate::metrics::Metrics;
 
 pub struct RouteRequest {
@@ -58,25 +60,27 @@ impl Context for RouteRequest {}
 
 impl HttpContext for RouteRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // One host call for the whole map: header values stay bytes (client
-        // controlled, maybe not UTF-8), and repeated headers (several
-        // `baggage` lines) are all seen. Header names are tokens: Envoy's
-        // codecs refuse any other name before filters run.
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        // One host call for the whole map, read in place: header values stay
+        // bytes (client controlled, maybe not UTF-8), and repeated headers
+        // (several `baggage` lines) are all seen. Header names are tokens:
+        // Envoy's codecs refuse any other name before filters run, so a
+        // non-UTF-8 name cannot occur (and would only be skipped).
+        let buffer = host_map::request_headers();
+        let headers: Vec<(&str, &[u8])> = header_map::pairs(&buffer)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, value)))
+            .collect();
         #[cfg(feature = "test-trap")]
         if headers
             .iter()
-            .any(|(name, _)| name == "x-sandbox-router-test-trap")
+            .any(|(name, _)| *name == "x-sandbox-router-test-trap")
         {
             // Aborting in Wasm is an `unreachable` trap: the VM is dead.
             std::process::abort();
         }
         let settings = Rc::clone(&self.settings);
-        let scanned = settings.scan(
-            headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_slice())),
-        );
+        let scanned = settings.scan(headers.iter().copied());
 
         // Before anything else: a client must never steer the ORIGINAL_DST
         // cluster itself (Envoy's docs warn about exactly this).
@@ -91,7 +95,7 @@ impl HttpContext for RouteRequest {
             let credential = headers
                 .iter()
                 .find(|(name, _)| *name == edge.credential_header)
-                .map(|(_, value)| value.as_slice());
+                .map(|(_, value)| *value);
             if credential.is_some() {
                 // Never forwarded, trusted or not.
                 let _ = hostcalls::remove_map_value(

@@ -17,6 +17,7 @@ pub mod decision;
 pub mod destination;
 pub mod edge;
 pub mod error;
+pub mod header_map;
 pub mod key;
 pub mod mint;
 pub mod percent;
