@@ -14,7 +14,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-trap oci istio kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
+.PHONY: help build wasm wasm-trap oci istio compose kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ istio: oci ## Render envoy-config/istio/ into target/istio/ (FILTER_IMAGE=... CO
 	       $$f > target/istio/$$(basename $$f); \
 	 done; \
 	 echo "target/istio/: apply after pushing target/oci/sandbox-router-filter to $(FILTER_IMAGE) (e.g. crane push target/oci/sandbox-router-filter $(FILTER_IMAGE))"
+
+compose: ## Regenerate envoy-config/compose/{edge,sidecar}.yaml from envoy-config/sidecar.yaml (a test fails when they drift)
+	UPDATE_COMPOSE=1 $(CARGO) test -p integration-tests --test compose generated_envoy_configs
 
 # Test-only filter that traps on request (failure-policy tests); its own
 # target dir, so the shipped .wasm never has the feature.
