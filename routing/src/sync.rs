@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::shared::{key_entry, sandbox_entry, service_entry, INDEX_KEY, PREFIX, VERSION_KEY};
-use crate::table::RoutingTable;
+use crate::table::{parse_endpoint, RoutingTable};
 
 /// Root id of the singleton WasmService in Envoy's bootstrap.
 pub const SYNC_ROOT_ID: &str = "sandbox_router_sync";
@@ -198,11 +198,11 @@ impl PushedTable {
     ) -> Result<Vec<SharedWrite>, ApplyError> {
         // The same validation as a configured table.
         RoutingTable::compile(&table, "snapshot").map_err(ApplyError::Invalid)?;
-        let previous = std::mem::take(&mut self.written);
         self.entries.clear();
         self.names.clear();
         self.by_service.clear();
         for entry in table.entries {
+            let entry = without_repeated_endpoints(entry);
             self.index(&entry);
             self.entries.insert(entry.routing_key.clone(), entry);
         }
@@ -211,7 +211,10 @@ impl PushedTable {
         let services: Vec<String> = self.by_service.keys().cloned().collect();
         let mut writes = self.values_of(keys.iter(), names.iter(), services.iter());
         let wanted: BTreeSet<&String> = writes.iter().map(|w| &w.key).collect();
-        let stale: Vec<SharedWrite> = previous
+        // `written` still holds the previous keys, so `track` sees them
+        // cleared and rewrites the index, also when the new table is empty.
+        let stale: Vec<SharedWrite> = self
+            .written
             .iter()
             .filter(|k| !wanted.contains(k))
             .map(|k| SharedWrite {
@@ -240,8 +243,17 @@ impl PushedTable {
             .chain(delta.upserts.iter().map(|e| e.routing_key.as_str()))
             .collect();
         let mut new_names = BTreeSet::new();
+        let mut upserted = BTreeSet::new();
         for (i, entry) in delta.upserts.iter().enumerate() {
             validate_entry(entry, &format!("delta.upserts[{i}]")).map_err(ApplyError::Invalid)?;
+            // Twice in one delta is ambiguous; applied in turn, the first
+            // copy's sandbox name would stay indexed to the key.
+            if !upserted.insert(entry.routing_key.as_str()) {
+                return Err(ApplyError::Invalid(ConfigError::new(
+                    format!("delta.upserts[{i}].routing_key"),
+                    "routing key upserted twice in one delta",
+                )));
+            }
             if entry.sandbox.is_empty() {
                 continue;
             }
@@ -269,6 +281,7 @@ impl PushedTable {
             keys.insert((*key).to_owned());
         }
         for entry in delta.upserts {
+            let entry = without_repeated_endpoints(entry);
             self.index(&entry);
             names.insert(entry.sandbox.clone());
             services.extend(entry.forks.iter().map(|f| f.service.clone()));
@@ -383,6 +396,23 @@ impl PushedTable {
             });
         }
     }
+}
+
+/// Drops an endpoint a fork lists again (maybe written differently, as
+/// `[fd00::1]:80` and `[fd00:0::1]:80`), as `RoutingTable::compile` does, so
+/// a pushed table round-robins over a fork exactly as a configured one.
+fn without_repeated_endpoints(mut entry: proto::TableEntry) -> proto::TableEntry {
+    for fork in &mut entry.forks {
+        let mut seen = Vec::with_capacity(fork.endpoints.len());
+        fork.endpoints.retain(|text| match parse_endpoint(text) {
+            Ok(addr) if !seen.contains(&addr) => {
+                seen.push(addr);
+                true
+            }
+            _ => false,
+        });
+    }
+    entry
 }
 
 fn validate_entry(entry: &proto::TableEntry, at: &str) -> Result<(), ConfigError> {
@@ -549,6 +579,76 @@ mod tests {
             lookup.fork("kb", "users"),
             ForkLookup::Endpoints(vec![addr("10.0.0.2:80")].into())
         );
+    }
+
+    #[test]
+    fn an_empty_snapshot_empties_the_index() {
+        // Found by fuzz/table_ops: the index kept listing the cleared keys.
+        let memory = Memory::default();
+        let mut table = PushedTable::default();
+        memory.publish(
+            &mut table,
+            &snapshot(1, vec![entry("ka", "a", "backend", "10.0.0.1:80")]),
+        );
+        memory.publish(&mut table, &snapshot(2, vec![]));
+        assert_eq!((&memory).get(INDEX_KEY), Some(Vec::new()));
+        assert_eq!(
+            (&memory).get("sandbox_router.key.ka"),
+            Some(Vec::new()),
+            "cleared"
+        );
+    }
+
+    #[test]
+    fn a_fork_listing_an_endpoint_twice_round_robins_like_a_configured_table() {
+        // Found by fuzz/table_ops: shared data kept both copies, so the
+        // pushed table sent twice the share to a repeated endpoint.
+        let mut twice = entry("ka", "a", "backend", "[fd00::1]:80");
+        twice.forks[0].endpoints = vec![
+            "[fd00::1]:80".into(),
+            "10.0.0.2:80".into(),
+            "[fd00:0::1]:80".into(),
+        ];
+        let once = ForkLookup::Endpoints(vec![addr("[fd00::1]:80"), addr("10.0.0.2:80")].into());
+        let configured = proto::RoutingTable {
+            version: 1,
+            entries: vec![twice.clone()],
+        };
+        let configured = RoutingTable::compile(&configured, "t").unwrap();
+        assert_eq!(configured.fork("ka", "backend"), once);
+
+        let memory = Memory::default();
+        let mut table = PushedTable::default();
+        memory.publish(&mut table, &snapshot(1, vec![twice.clone()]));
+        assert_eq!(SharedTable::new(&memory).fork("ka", "backend"), once);
+        twice.routing_key = "kb".into();
+        twice.sandbox = "b".into();
+        memory.publish(&mut table, &delta(2, 1, vec![twice], &[]));
+        assert_eq!(SharedTable::new(&memory).fork("kb", "backend"), once);
+    }
+
+    #[test]
+    fn a_delta_upserting_a_key_twice_is_refused() {
+        // Found by fuzz/table_ops: accepted, it left sandbox name "a"
+        // pointing at "ka", whose entry now names sandbox "b".
+        let memory = Memory::default();
+        let mut table = PushedTable::default();
+        memory.publish(&mut table, &snapshot(1, vec![]));
+        let twice = delta(
+            2,
+            1,
+            vec![
+                entry("ka", "a", "backend", "10.0.0.1:80"),
+                entry("ka", "b", "users", "10.0.0.2:80"),
+            ],
+            &[],
+        );
+        let Err(ApplyError::Invalid(e)) = table.apply(&twice) else {
+            panic!("accepted");
+        };
+        assert_eq!(e.field, "delta.upserts[1].routing_key");
+        assert_eq!(table.version(), 1);
+        assert_eq!(SharedTable::new(&memory).routing_key_of("a"), None);
     }
 
     #[test]
