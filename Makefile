@@ -14,7 +14,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-trap oci istio compose kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
+.PHONY: help build wasm wasm-trap oci istio compose bench-instructions kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,13 @@ bench: deps wasm wrk ## Benchmarks against plain Envoy, native routes, Lua, a Wa
 	target/release/sandbox-router-bench propagation --envoys 10 --updates 200
 	target/release/sandbox-router-bench fanout --watchers 1000 --updates 50
 	$(CARGO) bench -p sandbox-router-bench --bench core -- --noplot 2>&1 | tee bench/results/core.txt
+	$(MAKE) bench-instructions
+
+bench-instructions: deps wasm ## Instructions per request under callgrind: exact and load-independent (~10 min; bench/results/callgrind.*)
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	python3 bench/callgrind.py --workdir target/callgrind
+	cp target/callgrind/results.md bench/results/callgrind.md
+	cp target/callgrind/results.json bench/results/callgrind.json
 
 bench-quick: deps build ## Smoke run of every benchmark harness (checks it works, never timings)
 	target/debug/sandbox-router-bench --out target/bench-smoke cost --quick
