@@ -35,6 +35,7 @@ fn main() -> std::io::Result<()> {
         ("overrides", overrides()),
         ("table_update", table_update()),
         ("table_ops", table_ops()),
+        ("header_map", header_map()),
         ("plugin_config", plugin_config()),
     ] {
         let dir: PathBuf = root.join(target);
@@ -529,6 +530,70 @@ fn table_ops() -> Seeds {
             "mixed",
             b"\x00\x03\x00\x01\x02\x00\x01\x01\x01\x00\x02\x01\x01\x00\x00\x02\x01\x00\x01\x01"
                 .repeat(4),
+        ),
+    ]
+}
+
+/// The proxy-wasm header-map serialization, as Envoy writes it.
+fn serialize_map(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let mut out = len(pairs.len()).to_vec();
+    for (name, value) in pairs {
+        out.extend_from_slice(&len(name.len()));
+        out.extend_from_slice(&len(value.len()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}
+
+fn header_map() -> Seeds {
+    let request: &[(&str, &[u8])] = &[
+        (":authority", b"backend"),
+        (":path", b"/api"),
+        (":method", b"GET"),
+        (":scheme", b"http"),
+        ("user-agent", b"curl/8.5.0"),
+        ("x-forwarded-proto", b"http"),
+        ("x-request-id", b"6f1c2a8e-3d4b-4c5d-9e6f-7a8b9c0d1e2f"),
+    ];
+    let mut routed = request.to_vec();
+    routed.push(("baggage", b"sandbox-routing-key=abc;prop=1"));
+    let mut spoofed = routed.clone();
+    spoofed.push(("x-envoy-original-dst-host", b"10.9.9.9:80"));
+    spoofed.push(("x-sandbox-router-route", b"1"));
+    let minted = mint::headers(
+        Source::XOtSpanContext,
+        &Carried::default_names(Some("abc"), None),
+    );
+    let mut carrier: Vec<(&str, &[u8])> = vec![(":authority", b"backend")];
+    carrier.extend(minted.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    let good = serialize_map(&routed);
+    let mut huge_count = good.clone();
+    huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"\0\0extra");
+    vec![
+        ("no-context", serialize_map(request)),
+        ("baggage", good.clone()),
+        ("spoofed-internal", serialize_map(&spoofed)),
+        ("x-ot-span-context", serialize_map(&carrier)),
+        (
+            "non-ascii",
+            serialize_map(&[(":authority", b"backend"), ("x-caf\u{e9}", b"\xff\x00")]),
+        ),
+        ("empty-map", serialize_map(&[])),
+        ("truncated", good[..good.len() - 3].to_vec()),
+        ("huge-count", huge_count),
+        ("trailing-bytes", trailing),
+        // Text lines, for the target's second run (serialized by the target).
+        (
+            "lines",
+            b":authority: users\nuberctx-sandbox-routing-key: zqgep4mzae0afgw5ifnhtxsi".to_vec(),
         ),
     ]
 }
