@@ -13,7 +13,8 @@
 //!
 //! Writes need `Authorization: Bearer <token>` when a token is configured.
 //! Errors are `{"error": {"field", "reason"}}` with 400/401/404/409; a
-//! rejected write has written nothing.
+//! rejected write has written nothing. In Kubernetes mode every write is
+//! answered 405: the cluster owns the state.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -83,6 +84,14 @@ async fn require_token_for_writes(
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return ApiError::Unauthorized.into_response();
         }
+    }
+    if write && api.control.is_external() {
+        // Refused before the body is read: any write, well-formed or not.
+        api.control
+            .counters
+            .rejected_writes
+            .fetch_add(1, Ordering::Relaxed);
+        return ApiError::ReadOnly(crate::control::READ_ONLY.to_owned()).into_response();
     }
     next.run(request).await
 }

@@ -83,6 +83,9 @@ enum Command {
     /// Make a credential for an edge Envoy: prints it, and the SHA-256 digest
     /// that goes into the edge filter configuration (`edge.credential_sha256`).
     EdgeCredential,
+    /// Print the Sandbox and RouteGroup CRDs of `serve --kubernetes`
+    /// (`sandbox-router crds | kubectl apply -f -`).
+    Crds,
 }
 
 #[derive(Args)]
@@ -90,9 +93,17 @@ struct ServeArgs {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: String,
-    /// SQLite store file (created if missing).
+    /// SQLite store file (created if missing). Not used with --kubernetes.
     #[arg(long, env = "SANDBOX_ROUTER_DB", default_value = "sandbox-router.db")]
     db: PathBuf,
+    /// Kubernetes mode: Sandbox and RouteGroup resources in the cluster are
+    /// the state (in-cluster service account, or the kubeconfig); the API
+    /// is read-only.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: watch this namespace only (default: all).
+    #[arg(long, requires = "kubernetes")]
+    namespace: Option<String>,
     /// Bearer token the proxies' watch streams must send (the sync plugin's
     /// `token`); without it any proxy that reaches the port can watch.
     #[arg(long, env = "SANDBOX_ROUTER_WATCH_TOKEN", hide_env_values = true)]
@@ -241,10 +252,22 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Header(args) => header(&client, args),
         Command::Explain(args) => explain(&client, args).await,
         Command::EdgeCredential => edge_credential(&client),
+        Command::Crds => crds(),
     }
 }
 
+fn crds() -> Result<(), Failure> {
+    use std::io::Write as _;
+    let yaml = sandbox_router_control::kubernetes::crds_yaml().map_err(Failure::unreachable)?;
+    // Like `out!`: a closed stdout (`| head`) is no reason to panic.
+    let _ = std::io::stdout().lock().write_all(yaml.as_bytes());
+    Ok(())
+}
+
 async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
+    if args.kubernetes {
+        return serve_kubernetes(args, token).await;
+    }
     let control = sandbox_router_control::open(&args.db)
         .map_err(|e| Failure::unreachable(format!("opening {}: {e}", args.db.display())))?;
     let listener = bind(&args.listen)
@@ -271,6 +294,59 @@ async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
     sandbox_router_control::serve(listener, control, tokens, shutdown)
         .await
         .map_err(|e| Failure::unreachable(format!("serving: {e}")))
+}
+
+/// `serve --kubernetes`: the controller feeds the model; API writes get 405.
+async fn serve_kubernetes(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        Failure::unreachable(format!(
+            "--kubernetes: no Kubernetes API to use (neither an in-cluster service account nor a kubeconfig): {e}"
+        ))
+    })?;
+    let listener = bind(&args.listen)
+        .map_err(|e| Failure::unreachable(format!("listening on {}: {e}", args.listen)))?;
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(args.listen);
+    let scope = match &args.namespace {
+        Some(ns) => format!("namespace {ns}"),
+        None => "all namespaces".to_owned(),
+    };
+    out!(
+        "sandbox-router control service on http://{local} (Kubernetes mode: Sandbox and RouteGroup resources in {scope}; the API is read-only, edit the resources with kubectl; watch streams {})",
+        if args.watch_token.is_some() { "need the watch token" } else { "are open: set --watch-token to require one" },
+    );
+    let control = sandbox_router_control::Control::external();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let controller = tokio::spawn(sandbox_router_control::kubernetes::run(
+        client,
+        args.namespace,
+        std::sync::Arc::clone(&control),
+        ready_tx,
+    ));
+    // Proxies are served only once the table is whole: one that connected
+    // sooner would get an empty snapshot and drop the routes it holds.
+    out!("waiting for the first list of Sandboxes, RouteGroups and their Pods");
+    tokio::select! {
+        synced = ready_rx => synced.map_err(|_| Failure::unreachable("the Kubernetes controller stopped"))?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    }
+    let (sandboxes, groups, version) =
+        control.read(|m, v| (m.sandboxes().count(), m.groups().count(), v));
+    out!(
+        "serving: {sandboxes} sandboxes and {groups} route groups routed, table version {version}"
+    );
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let tokens = sandbox_router_control::Tokens {
+        write: token,
+        watch: args.watch_token,
+    };
+    let served = sandbox_router_control::serve(listener, control, tokens, shutdown).await;
+    controller.abort();
+    served.map_err(|e| Failure::unreachable(format!("serving: {e}")))
 }
 
 /// Binds with SO_REUSEADDR, so a restarted service gets its port back at once

@@ -4,6 +4,10 @@
 //! Writes are serialised by one lock: validate and apply to the model, commit
 //! to the store (the write is acknowledged only after that), bump the
 //! version, and broadcast a delta holding exactly the changed routing keys.
+//!
+//! In Kubernetes mode the cluster owns the state: there is no store, API
+//! writes are refused, and the controller replaces the whole model
+//! ([`Control::replace_model`]), broadcast as a delta like any write.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +28,9 @@ use crate::store::{Row, Store};
 /// Updates buffered per watcher before it must resync from a snapshot.
 const UPDATE_BUFFER: usize = 1024;
 
+/// Why a write is refused when the model is owned elsewhere (Kubernetes mode).
+pub const READ_ONLY: &str = "in Kubernetes mode this API is read-only: edit Sandbox and RouteGroup resources (sandbox-router.io/v1alpha1) with kubectl";
+
 pub struct Control {
     state: Mutex<State>,
     updates: broadcast::Sender<Arc<proto::TableUpdate>>,
@@ -34,7 +41,9 @@ pub struct Control {
 
 struct State {
     model: Model,
-    store: Store,
+    /// `None`: the model is owned elsewhere (Kubernetes mode) and only ever
+    /// replaced whole.
+    store: Option<Store>,
     version: u64,
 }
 
@@ -88,20 +97,39 @@ impl Control {
         Self::with_store(Store::in_memory().map_err(internal)?)
     }
 
+    /// A control service whose model comes from outside (the Kubernetes
+    /// controller): no store, API writes refused, versions from 0.
+    pub fn external() -> Arc<Self> {
+        Self::with_state(State {
+            model: Model::default(),
+            store: None,
+            version: 0,
+        })
+    }
+
     fn with_store(store: Store) -> Result<Arc<Self>, ApiError> {
         let (model, version) = store.load().map_err(internal)?;
+        Ok(Self::with_state(State {
+            model,
+            store: Some(store),
+            version,
+        }))
+    }
+
+    fn with_state(state: State) -> Arc<Self> {
         let (updates, _) = broadcast::channel(UPDATE_BUFFER);
-        Ok(Arc::new(Control {
-            state: Mutex::new(State {
-                model,
-                store,
-                version,
-            }),
+        Arc::new(Control {
+            state: Mutex::new(state),
             updates,
             proxies: Mutex::new(BTreeMap::new()),
             next_proxy: AtomicU64::new(1),
             counters: Counters::default(),
-        }))
+        })
+    }
+
+    /// True when the model is owned elsewhere and API writes are refused.
+    pub fn is_external(&self) -> bool {
+        self.lock().store.is_none()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -195,11 +223,12 @@ impl Control {
         })
     }
 
-    /// Deletes expired sandboxes; returns how many.
+    /// Deletes expired sandboxes; returns how many. An external owner
+    /// expires its own (the Kubernetes controller deletes the resource).
     pub fn expire(&self, now_ms: u64) -> Result<usize, ApiError> {
         let mut count = 0;
         let next = self.read(|m, _| m.next_expiry_ms());
-        if next.is_none_or(|at| at > now_ms) {
+        if self.is_external() || next.is_none_or(|at| at > now_ms) {
             return Ok(0);
         }
         self.write(|model| {
@@ -238,6 +267,12 @@ impl Control {
         apply: impl FnOnce(&mut Model) -> Result<(Change, Vec<RowOwned>), ApiError>,
     ) -> Result<u64, ApiError> {
         let mut state = self.lock();
+        if state.store.is_none() {
+            self.counters
+                .rejected_writes
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::ReadOnly(READ_ONLY.to_owned()));
+        }
         let (change, rows) = match apply(&mut state.model) {
             Ok(done) => done,
             Err(err) => {
@@ -252,31 +287,78 @@ impl Control {
         }
         let version = state.version + 1;
         let borrowed: Vec<Row<'_>> = rows.iter().map(RowOwned::as_row).collect();
-        if let Err(err) = state.store.commit(version, &borrowed) {
+        let committed = match state.store.as_mut() {
+            Some(store) => store.commit(version, &borrowed),
+            None => Ok(()),
+        };
+        if let Err(err) = committed {
             // Not acknowledged: put the model back as the store has it.
-            if let Ok((model, stored_version)) = state.store.load() {
+            if let Some(Ok((model, stored_version))) = state.store.as_ref().map(Store::load) {
                 state.model = model;
                 state.version = stored_version;
             }
             return Err(internal(err));
         }
-        state.version = version;
-        let delta = proto::TableDelta {
-            base_version: version - 1,
-            upserts: change
-                .upserted
-                .iter()
-                .filter_map(|k| state.model.entry(k))
-                .collect(),
-            removed_keys: change.removed.into_iter().collect(),
-        };
+        let upserts = change
+            .upserted
+            .iter()
+            .filter_map(|k| state.model.entry(k))
+            .collect();
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(self.publish(&mut state, upserts, change.removed.into_iter().collect()))
+    }
+
+    /// Replaces the whole model (Kubernetes mode: the controller recomputes
+    /// it from the cluster) and broadcasts exactly the routing keys whose
+    /// entries differ, as one delta. Returns the version now current, which
+    /// is unchanged when the new model makes the same table.
+    pub fn replace_model(&self, model: Model) -> u64 {
+        let mut state = self.lock();
+        let before: BTreeMap<String, proto::TableEntry> = state
+            .model
+            .table(0)
+            .entries
+            .into_iter()
+            .map(|e| (e.routing_key.clone(), e))
+            .collect();
+        let after = model.table(0).entries;
+        let removed: Vec<String> = before
+            .keys()
+            .filter(|k| !model.key_in_use(k))
+            .cloned()
+            .collect();
+        let upserts: Vec<proto::TableEntry> = after
+            .into_iter()
+            .filter(|e| before.get(&e.routing_key) != Some(e))
+            .collect();
+        // The model (names, labels, expiry) is replaced even when the table
+        // is not, so API reads always show what the cluster says.
+        state.model = model;
+        if upserts.is_empty() && removed.is_empty() {
+            return state.version;
+        }
+        self.publish(&mut state, upserts, removed)
+    }
+
+    /// Bumps the version and broadcasts the delta to every watcher.
+    fn publish(
+        &self,
+        state: &mut State,
+        upserts: Vec<proto::TableEntry>,
+        removed_keys: Vec<String>,
+    ) -> u64 {
+        let version = state.version + 1;
+        state.version = version;
         // No receivers is fine: nobody is watching yet.
         let _ = self.updates.send(Arc::new(proto::TableUpdate {
             version,
-            kind: Some(Kind::Delta(delta)),
+            kind: Some(Kind::Delta(proto::TableDelta {
+                base_version: version - 1,
+                upserts,
+                removed_keys,
+            })),
         }));
-        Ok(version)
+        version
     }
 
     pub fn proxy_connected(&self, node_id: String, peer: String) -> u64 {
@@ -351,8 +433,13 @@ fn group_rows(model: &Model, name: &str) -> Vec<RowOwned> {
         .collect()
 }
 
-/// A new routing key: 24 random characters of `a-z0-9` (~124 bits), unused so far.
 fn fresh_key(model: &Model) -> Result<String, ApiError> {
+    mint_key(|key| model.key_in_use(key))
+}
+
+/// A new routing key: 24 random characters of `a-z0-9` (~124 bits), for
+/// which `in_use` is false.
+pub fn mint_key(in_use: impl Fn(&str) -> bool) -> Result<String, ApiError> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     for _ in 0..8 {
         let mut key = String::with_capacity(ROUTING_KEY_LEN);
@@ -367,7 +454,7 @@ fn fresh_key(model: &Model) -> Result<String, ApiError> {
                 }
             }
         }
-        if !model.key_in_use(&key) {
+        if !in_use(&key) {
             return Ok(key);
         }
     }

@@ -19,6 +19,10 @@ pub enum ApiError {
     /// 401: a write without the configured bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// 405: this service does not own the state (Kubernetes mode: the
+    /// cluster does); the text says where to write instead.
+    #[error("{0}")]
+    ReadOnly(String),
     /// 500: the store failed; nothing was acknowledged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::ReadOnly(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +94,14 @@ impl IntoResponse for ApiError {
                 reason,
             },
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::ReadOnly(_)) {
+            // RFC 9110: a 405 lists the methods that do work.
+            response.headers_mut().insert(
+                axum::http::header::ALLOW,
+                axum::http::HeaderValue::from_static("GET, HEAD"),
+            );
+        }
+        response
     }
 }

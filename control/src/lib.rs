@@ -7,6 +7,7 @@
 pub mod api;
 pub mod control;
 pub mod error;
+pub mod kubernetes;
 pub mod model;
 pub mod store;
 pub mod watch;
@@ -50,14 +51,17 @@ pub async fn serve(
     let grpc = tonic::service::Routes::new(watch::service(Arc::clone(&control), tokens.watch))
         .into_axum_router();
     let app = api::router(Arc::clone(&control), tokens.write).merge(grpc);
-    let expiry = tokio::spawn(expire_forever(control));
+    // An external owner (the Kubernetes controller) expires sandboxes itself.
+    let expiry = (!control.is_external()).then(|| tokio::spawn(expire_forever(control)));
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
-    expiry.abort();
+    if let Some(expiry) = expiry {
+        expiry.abort();
+    }
     served
 }
 

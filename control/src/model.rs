@@ -396,6 +396,20 @@ impl Model {
         Ok(forks)
     }
 
+    /// The names of a route group's members as they are now (listed ones
+    /// that exist, then selected ones).
+    pub fn group_members(&self, name: &str) -> Vec<String> {
+        self.groups
+            .get(name)
+            .map(|g| {
+                self.members(g, None)
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The table entry of `routing_key`, if it exists.
     pub fn entry(&self, routing_key: &str) -> Option<proto::TableEntry> {
         match self.keys.get(routing_key)? {
