@@ -42,7 +42,7 @@ for target in "${targets[@]}"; do
     mkdir -p "$grown" "fuzz/corpus/$target"
     dict=()
     case $target in
-        baggage | tracestate | headers) dict=(-dict=fuzz/dict/headers.dict) ;;
+        baggage | tracestate | headers | edge) dict=(-dict=fuzz/dict/headers.dict) ;;
         plugin_config) dict=(-dict=fuzz/dict/plugin_config.dict) ;;
     esac
     log=$logs/$target.log

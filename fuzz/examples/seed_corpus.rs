@@ -36,6 +36,7 @@ fn main() -> std::io::Result<()> {
         ("table_update", table_update()),
         ("table_ops", table_ops()),
         ("header_map", header_map()),
+        ("edge", edge()),
         ("plugin_config", plugin_config()),
     ] {
         let dir: PathBuf = root.join(target);
@@ -532,6 +533,53 @@ fn table_ops() -> Seeds {
                 .repeat(4),
         ),
     ]
+}
+
+fn edge() -> Seeds {
+    let ovr = sample_overrides();
+    let outsider = ":source: 203.0.113.9:4444";
+    let mut seeds: Seeds = Vec::new();
+    for (name, format) in [
+        ("untrusted-baggage", Source::Baggage),
+        ("untrusted-ot-baggage", Source::OtBaggage),
+        ("untrusted-uberctx", Source::Uberctx),
+        ("untrusted-tracestate", Source::Tracestate),
+        ("untrusted-x-ot-span-context", Source::XOtSpanContext),
+    ] {
+        let lines = minted(format, Some("abc"), Some(&ovr));
+        seeds.push((
+            name,
+            format!(":authority: backend\n{outsider}\n{lines}").into_bytes(),
+        ));
+    }
+    seeds.extend(text(&[
+        (
+            "baggage-others-kept",
+            ":authority: backend\n:source: 203.0.113.9:4444\nbaggage: user.id=42, Sandbox-Routing-Key = abc ;p=1, session=x\nbaggage: sd-routing-key=k-1_A",
+        ),
+        (
+            "tracestate-others-kept",
+            &format!(":source: 198.51.100.1:80\ntraceparent: {TRACEPARENT}\ntracestate: congo=t61rcWkgMzE,sandbox-routing-key=abc,rojo=00f067aa0ba902b7"),
+        ),
+        (
+            "trusted-cidr",
+            ":authority: backend\n:source: 10.1.2.3:5555\nbaggage: sandbox-routing-key=abc",
+        ),
+        (
+            "trusted-mapped-v6",
+            ":authority: backend\n:source: [::ffff:10.1.2.3]:5555\nbaggage: sandbox-routing-key=abc",
+        ),
+        (
+            "trusted-credential",
+            ":authority: backend\nx-sandbox-router-credential: s3cret-credential\nbaggage: sandbox-routing-key=abc",
+        ),
+        (
+            "wrong-credential",
+            ":authority: backend\nx-sandbox-router-credential: guess\nuberctx-sandbox-routing-key: abc",
+        ),
+        ("no-context", ":authority: backend\n:source: 203.0.113.9:4444\nbaggage: user.id=42"),
+    ]));
+    seeds
 }
 
 /// The proxy-wasm header-map serialization, as Envoy writes it.
