@@ -14,7 +14,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-trap oci istio compose bench-instructions kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
+.PHONY: help build wasm wasm-trap oci istio compose bench-instructions fuzz fuzz-smoke kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ help: ## Show the targets
 demo: deps build ## Run the demo: real Envoy, baseline and sandboxed services, every header format
 	$(CARGO) run --quiet -p sandbox-router-demo
 
-test: lint unit integration bench-quick ## Everything CI runs: lint, unit and property tests, wasm build, integration tests, a benchmark smoke run
+test: lint unit integration bench-quick fuzz-smoke ## Everything CI runs: lint, unit and property tests, wasm build, integration tests, a benchmark smoke run, a fuzzing smoke run
 
 build: wasm ## Build the filter (.wasm) and the binaries (sandbox-router, the demo)
 	$(CARGO) build --workspace --bins
@@ -51,12 +51,20 @@ istio: oci ## Render envoy-config/istio/ into target/istio/ (FILTER_IMAGE=... CO
 	@mkdir -p target/istio
 	@digest=$$(sed -n 's/^image digest: *sha256://p' target/oci/image.txt); \
 	 wasm=$$(sed -n 's/^wasm sha256: *//p' target/oci/image.txt); \
-	 for f in envoy-config/istio/*.yaml; do \
+	 for f in envoy-config/istio/*.yaml envoy-config/kubernetes/crds.yaml envoy-config/kubernetes/control-service.yaml; do \
 	   sed -e "s|\$${FILTER_IMAGE}|$(FILTER_IMAGE)|g" -e "s|\$${FILTER_IMAGE_DIGEST}|$$digest|g" \
 	       -e "s|\$${FILTER_WASM_SHA256}|$$wasm|g" -e "s|\$${CONTROL_IMAGE}|$(CONTROL_IMAGE)|g" \
 	       $$f > target/istio/$$(basename $$f); \
 	 done; \
 	 echo "target/istio/: apply after pushing target/oci/sandbox-router-filter to $(FILTER_IMAGE) (e.g. crane push target/oci/sandbox-router-filter $(FILTER_IMAGE))"
+
+fuzz: ## Fuzz every decoder, 300 s per target (stable toolchain, cargo-fuzz -s none; a crash is left in fuzz/artifacts/)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	fuzz/run.sh 300
+
+fuzz-smoke: ## Fuzz every decoder for 5 s per target (CI: checks the targets build and hold on their seeds)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	fuzz/run.sh 5
 
 compose: ## Regenerate envoy-config/compose/{edge,sidecar}.yaml from envoy-config/sidecar.yaml (a test fails when they drift)
 	UPDATE_COMPOSE=1 $(CARGO) test -p integration-tests --test compose generated_envoy_configs

@@ -88,10 +88,20 @@ impl EdgePolicy {
         let credential_header = spec
             .credential_header
             .unwrap_or_else(|| DEFAULT_CREDENTIAL_HEADER.to_owned());
-        if !crate::is_header_name(&credential_header) {
+        let reserved = [
+            "baggage",
+            "tracestate",
+            "traceparent",
+            crate::ORIGINAL_DST_HEADER,
+            crate::DEBUG_HEADER,
+        ];
+        if !crate::is_header_name(&credential_header)
+            || reserved.contains(&credential_header.as_str())
+            || crate::reads_context(&credential_header)
+        {
             return Err(ConfigError::new(
                 "edge.credential_header",
-                "must be a lowercase header name (a-z 0-9 -)",
+                "must be a lowercase header name (a-z 0-9 -) of its own",
             ));
         }
         let mut credentials = Vec::with_capacity(spec.credential_sha256.len());

@@ -27,8 +27,9 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let mut json = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        // The root, or a path through an empty key (`{"": 1}`), is named by `root`.
         let field = match e.path().to_string() {
-            path if path == "." => root.to_owned(),
+            path if path == "." || path.is_empty() => root.to_owned(),
             path => path,
         };
         ConfigError::new(field, e.into_inner().to_string())

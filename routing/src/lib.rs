@@ -126,15 +126,19 @@ impl Settings {
             Some(name) if name.is_empty() => None,
             Some(name) => {
                 check_name("overrides_key", &name)?;
-                if keys.contains(&name) {
-                    return Err(ConfigError::new(
-                        "overrides_key",
-                        "must differ from every routing key name",
-                    ));
-                }
                 Some(name)
             }
         };
+        // Checked after the default applies: a key named like the default
+        // Overrides item would read Overrides as a routing key.
+        if let Some(name) = &overrides_key {
+            if keys.contains(name) {
+                return Err(ConfigError::new(
+                    "overrides_key",
+                    format!("{name:?} must differ from every routing key name (set overrides_key, or \"\" to disable Overrides)"),
+                ));
+            }
+        }
         let sources = spec
             .sources
             .unwrap_or_else(|| Source::DEFAULT_ORDER.to_vec());
@@ -156,7 +160,10 @@ impl Settings {
             "tracestate",
             "traceparent",
         ];
-        if !is_header_name(&marker_header) || reserved.contains(&marker_header.as_str()) {
+        if !is_header_name(&marker_header)
+            || reserved.contains(&marker_header.as_str())
+            || reads_context(&marker_header)
+        {
             return Err(ConfigError::new(
                 "marker_header",
                 "must be a lowercase header name (a-z 0-9 -) of its own",
@@ -164,6 +171,19 @@ impl Settings {
         }
         let table = match spec.table {
             Some(table) => Some(RoutingTable::compile(&table.into(), "table")?),
+            None => None,
+        };
+        let edge = match spec.edge {
+            Some(edge) => {
+                let edge = EdgePolicy::compile(edge)?;
+                if edge.credential_header == marker_header {
+                    return Err(ConfigError::new(
+                        "edge.credential_header",
+                        "must differ from marker_header",
+                    ));
+                }
+                Some(edge)
+            }
             None => None,
         };
         Ok(Settings {
@@ -176,7 +196,7 @@ impl Settings {
             marker_header,
             debug_header: spec.debug_header,
             table,
-            edge: spec.edge.map(EdgePolicy::compile).transpose()?,
+            edge,
         })
     }
 
@@ -254,9 +274,59 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Headers a routing source reads (beyond `baggage`, `tracestate`,
+/// `traceparent`): a marker or credential header of that name would be read
+/// as routing context, or hide it.
+pub(crate) fn reads_context(name: &str) -> bool {
+    name == "x-ot-span-context" || name.starts_with("ot-baggage-") || name.starts_with("uberctx-")
+}
+
 pub(crate) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(json: &str) -> String {
+        match Settings::from_json(json.as_bytes()) {
+            Ok(_) => String::from("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn names_that_would_collide_are_refused() {
+        // Found by the plugin_config fuzz target (fuzz/corpus/plugin_config/regression-*).
+        for marker in [
+            "x-ot-span-context",
+            "ot-baggage-x",
+            "uberctx-sandbox-routing-key",
+        ] {
+            let json = format!(r#"{{"marker_header": "{marker}"}}"#);
+            assert!(refused(&json).starts_with("marker_header:"), "{marker}");
+        }
+        assert!(
+            refused(r#"{"keys": ["sandbox-routing-key", "sandbox-overrides"]}"#)
+                .starts_with("overrides_key:")
+        );
+        assert_eq!(
+            refused(
+                r#"{"keys": ["sandbox-routing-key", "sandbox-overrides"], "overrides_key": ""}"#
+            ),
+            "accepted"
+        );
+        assert!(refused(r#"{"": 1}"#).starts_with("configuration: unknown field"));
+        for header in ["baggage", "ot-baggage-k", "x-sandbox-router-route"] {
+            let json = format!(r#"{{"edge": {{"credential_header": "{header}"}}}}"#);
+            assert!(
+                refused(&json).starts_with("edge.credential_header:"),
+                "{header}"
+            );
+        }
+    }
 }
