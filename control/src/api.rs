@@ -36,12 +36,18 @@ use crate::model::{NewRouteGroup, NewSandbox, RouteGroup, Sandbox};
 struct Api {
     control: Arc<Control>,
     token: Option<Arc<str>>,
+    filter_wasm: Option<Arc<[u8]>>,
 }
 
-pub fn router(control: Arc<Control>, token: Option<String>) -> Router {
+pub fn router(
+    control: Arc<Control>,
+    token: Option<String>,
+    filter_wasm: Option<Arc<[u8]>>,
+) -> Router {
     let api = Api {
         control,
         token: token.map(Arc::from),
+        filter_wasm,
     };
     Router::new()
         .route("/v1/sandboxes", get(list_sandboxes).post(create_sandbox))
@@ -57,6 +63,7 @@ pub fn router(control: Arc<Control>, token: Option<String>) -> Router {
         )
         .route("/v1/table", get(table))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/filter.wasm", get(serve_filter_wasm))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
@@ -64,6 +71,20 @@ pub fn router(control: Arc<Control>, token: Option<String>) -> Router {
             require_token_for_writes,
         ))
         .with_state(api)
+}
+
+/// The filter module, for proxies that fetch it (`serve --filter-wasm`).
+async fn serve_filter_wasm(State(api): State<Api>) -> Response {
+    match &api.filter_wasm {
+        Some(bytes) => {
+            ([(header::CONTENT_TYPE, "application/wasm")], bytes.to_vec()).into_response()
+        }
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            "this control service serves no filter module (serve --filter-wasm)\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn require_token_for_writes(

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sandbox_router_control::control::now_ms;
+use sandbox_router_control::ServeOptions;
 use sandbox_router_proto::v1::{r#override::Target, Override, Overrides};
 use sandbox_router_routing::mint::{self, Carried};
 use sandbox_router_routing::{Decision, RoutingContext, RoutingTable, Settings, Source};
@@ -108,6 +110,26 @@ struct ServeArgs {
     /// `token`); without it any proxy that reaches the port can watch.
     #[arg(long, env = "SANDBOX_ROUTER_WATCH_TOKEN", hide_env_values = true)]
     watch_token: Option<String>,
+    /// The filter .wasm to serve at /v1/filter.wasm, where the proxies'
+    /// singletons can fetch it (the Istio install does).
+    #[arg(long, env = "SANDBOX_ROUTER_FILTER_WASM")]
+    filter_wasm: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn options(&self, write_token: Option<String>) -> Result<ServeOptions, Failure> {
+        let filter_wasm = match &self.filter_wasm {
+            Some(path) => Some(Arc::from(std::fs::read(path).map_err(|e| {
+                Failure::unreachable(format!("reading {}: {e}", path.display()))
+            })?)),
+            None => None,
+        };
+        Ok(ServeOptions {
+            write_token,
+            watch_token: self.watch_token.clone(),
+            filter_wasm,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -268,6 +290,7 @@ async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
     if args.kubernetes {
         return serve_kubernetes(args, token).await;
     }
+    let options = args.options(token)?;
     let control = sandbox_router_control::open(&args.db)
         .map_err(|e| Failure::unreachable(format!("opening {}: {e}", args.db.display())))?;
     let listener = bind(&args.listen)
@@ -281,23 +304,20 @@ async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
     out!(
         "sandbox-router control service on http://{local} (store {}: {sandboxes} sandboxes, {groups} route groups, table version {version}; writes {}; watch streams {})",
         args.db.display(),
-        if token.is_some() { "need the bearer token" } else { "are open: set --token to require one" },
+        if options.write_token.is_some() { "need the bearer token" } else { "are open: set --token to require one" },
         if args.watch_token.is_some() { "need the watch token" } else { "are open: set --watch-token to require one" },
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let tokens = sandbox_router_control::Tokens {
-        write: token,
-        watch: args.watch_token,
-    };
-    sandbox_router_control::serve(listener, control, tokens, shutdown)
+    sandbox_router_control::serve(listener, control, options, shutdown)
         .await
         .map_err(|e| Failure::unreachable(format!("serving: {e}")))
 }
 
 /// `serve --kubernetes`: the controller feeds the model; API writes get 405.
 async fn serve_kubernetes(args: ServeArgs, token: Option<String>) -> Result<(), Failure> {
+    let options = args.options(token)?;
     let client = kube::Client::try_default().await.map_err(|e| {
         Failure::unreachable(format!(
             "--kubernetes: no Kubernetes API to use (neither an in-cluster service account nor a kubeconfig): {e}"
@@ -340,11 +360,7 @@ async fn serve_kubernetes(args: ServeArgs, token: Option<String>) -> Result<(), 
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let tokens = sandbox_router_control::Tokens {
-        write: token,
-        watch: args.watch_token,
-    };
-    let served = sandbox_router_control::serve(listener, control, tokens, shutdown).await;
+    let served = sandbox_router_control::serve(listener, control, options, shutdown).await;
     controller.abort();
     served.map_err(|e| Failure::unreachable(format!("serving: {e}")))
 }

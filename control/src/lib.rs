@@ -32,25 +32,35 @@ pub use error::ApiError;
 pub const EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Serves API and watch stream on `listener` until `shutdown` resolves.
-/// Bearer tokens the service requires; `None`: open.
+/// What `serve` offers besides the model: the tokens it requires (`None`:
+/// open), and the filter module it hands out.
 #[derive(Debug, Clone, Default)]
-pub struct Tokens {
+pub struct ServeOptions {
     /// For API writes (people and CI).
-    pub write: Option<String>,
+    pub write_token: Option<String>,
     /// For the proxies' watch streams: a separate token, so a proxy never
     /// holds one that can change the table.
-    pub watch: Option<String>,
+    pub watch_token: Option<String>,
+    /// The filter `.wasm`, served at `GET /v1/filter.wasm` so that proxies
+    /// can fetch the module the singleton runs (the Istio install does).
+    pub filter_wasm: Option<Arc<[u8]>>,
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
-    tokens: Tokens,
+    options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grpc = tonic::service::Routes::new(watch::service(Arc::clone(&control), tokens.watch))
-        .into_axum_router();
-    let app = api::router(Arc::clone(&control), tokens.write).merge(grpc);
+    let grpc =
+        tonic::service::Routes::new(watch::service(Arc::clone(&control), options.watch_token))
+            .into_axum_router();
+    let app = api::router(
+        Arc::clone(&control),
+        options.write_token,
+        options.filter_wasm,
+    )
+    .merge(grpc);
     // An external owner (the Kubernetes controller) expires sandboxes itself.
     let expiry = (!control.is_external()).then(|| tokio::spawn(expire_forever(control)));
     let served = axum::serve(

@@ -742,7 +742,7 @@ async fn the_api_is_read_only_and_reads_and_the_watch_stream_work() {
     let serving = tokio::spawn(sandbox_router_control::serve(
         listener,
         Arc::clone(&control),
-        sandbox_router_control::Tokens::default(),
+        sandbox_router_control::ServeOptions::default(),
         async {
             let _ = stopped.await;
         },

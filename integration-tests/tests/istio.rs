@@ -1,4 +1,5 @@
-//! The Istio install (`envoy-config/istio/`), as far as this machine allows
+//! The Istio install (`envoy-config/istio/`, with the control service of
+//! `envoy-config/kubernetes/`), as far as this machine allows
 //! without a cluster:
 //! - every Kubernetes built-in resource validates against the Kubernetes API
 //!   schemas (`kubernetes-validate`, from PyPI, strict);
@@ -46,8 +47,13 @@ fn rendered() -> (Rendered, Vec<(String, String)>) {
         ("CONTROL_IMAGE", CONTROL_IMAGE),
     ];
     let mut files = Vec::new();
-    for name in ["wasmplugin.yaml", "envoyfilter.yaml", "control.yaml"] {
-        let path = workspace_root().join("envoy-config/istio").join(name);
+    for name in [
+        "istio/wasmplugin.yaml",
+        "istio/envoyfilter.yaml",
+        "kubernetes/crds.yaml",
+        "kubernetes/control-service.yaml",
+    ] {
+        let path = workspace_root().join("envoy-config").join(name);
         let text = render(&std::fs::read_to_string(&path).unwrap(), &vars).unwrap();
         assert!(!text.contains("${"), "{name}: a placeholder is left");
         files.push((name.to_owned(), text));
@@ -195,7 +201,7 @@ fn kubernetes_resources_validate_against_the_kubernetes_api_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let mut builtin = 0;
     for (name, text) in &files {
-        let path = dir.path().join(name);
+        let path = dir.path().join(name.replace('/', "-"));
         std::fs::write(&path, text).unwrap();
         let output = std::process::Command::new(&validate)
             .args(["--strict", "-k", "1.33.0"])
@@ -208,8 +214,9 @@ fn kubernetes_resources_validate_against_the_kubernetes_api_schemas() {
         builtin += report.matches(" passed for resource ").count();
         assert!(!report.contains("ERROR"), "{name}:\n{report}");
     }
-    // Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, Service, Deployment.
-    assert_eq!(builtin, 6);
+    // Two CustomResourceDefinitions; Namespace, ServiceAccount, ClusterRole,
+    // ClusterRoleBinding, Deployment, Service.
+    assert_eq!(builtin, 8);
 }
 
 /// Envoy's configuration for one sidecar as istiod would generate it from
