@@ -236,7 +236,8 @@ def zero(pid):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="plain,wasm-noop,wasm-read-headers,sr-static-nocontext,sr-static-routed")
+    ap.add_argument("--variants", default="plain,native-100,native-1000,lua-nocontext,lua-routed,"
+                    "wasm-noop,wasm-read-headers,sr-static-nocontext,sr-static-routed")
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=4000)
     ap.add_argument("--warmup", type=int, default=500)
@@ -271,8 +272,16 @@ def main():
                 {"WASM_PATH": args.sr_wasm, "FILTER_CONFIG": static_config})
     marker = read("marker-route.yaml")
     routed = [("baggage", "sandbox-routing-key=static-key-5")]
+    native_route = read("native-route.yaml")
+    native = lambda n: "".join(render(native_route, {"KEY": f"native-key-{i:07}"}) for i in range(n))
+    lua_routes = "".join(f'["lua-key-{i}"] = "{upstream_addr}",\n' for i in range(10))
+    lua = render(read("lua-filter.yaml"), {"LUA_ROUTES": lua_routes})
     variants = {
         "plain": (lambda: variant_config("", ""), []),
+        "native-100": (lambda: variant_config("", native(100)), []),
+        "native-1000": (lambda: variant_config("", native(1000)), []),
+        "lua-nocontext": (lambda: variant_config(lua, marker), []),
+        "lua-routed": (lambda: variant_config(lua, marker), [("baggage", "sandbox-routing-key=lua-key-5")]),
         "wasm-noop": (lambda: variant_config(noop(""), ""), []),
         "wasm-read-headers": (lambda: variant_config(noop("read-headers"), ""), []),
         "sr-static-nocontext": (lambda: variant_config(sr, marker), []),
