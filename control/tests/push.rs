@@ -69,20 +69,10 @@ fn baggage(key: &str) -> String {
 
 /// Polls until a request for `host` carrying `key` is answered by `expected`.
 async fn until_served(sidecar: &Sidecar, host: &str, key: &str, expected: &str) {
-    let value = baggage(key);
-    poll_until(
-        &format!("{host} with key {key} served by {expected}"),
-        DEADLINE,
-        || async {
-            let reply = sidecar
-                .get(host, &[("baggage", value.as_bytes())])
-                .await
-                .ok()?;
-            (reply.served_by() == expected).then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    sidecar
+        .until_served(host, key, expected, DEADLINE)
+        .await
+        .unwrap();
 }
 
 /// Creates sandbox `feature-x` (forking `backend` to the sidecar's first

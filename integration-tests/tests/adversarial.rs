@@ -23,7 +23,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -33,7 +33,7 @@ use sandbox_router_proto::Message as _;
 use sandbox_router_routing::{
     mint, Source, DEBUG_HEADER, DEFAULT_MARKER_HEADER, ORIGINAL_DST_HEADER,
 };
-use testbed::{poll_until, ControlService, EchoReply, Sidecar, SidecarOptions};
+use testbed::{ControlService, EchoReply, Sidecar, SidecarOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// One request header line: the name exactly as sent, and the raw value.
@@ -1103,17 +1103,9 @@ async fn overrides_in_every_format_reach_only_registered_endpoints() {
 
 // The table the control service pushes.
 
-/// The `sandbox-router` binary `make build` puts next to the test binaries'
-/// directory (`target/debug/deps/adversarial-*` -> `target/debug/sandbox-router`).
+/// The `sandbox-router` binary `make build` builds.
 fn control_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("sandbox-router"))
-        .unwrap();
-    assert!(path.exists(), "no {} (run `make build`)", path.display());
-    path
+    testbed::sibling_binary("sandbox-router").unwrap()
 }
 
 /// Creates a sandbox with the real CLI; returns its routing key.
@@ -1134,22 +1126,12 @@ fn create(control: &ControlService, name: &str, fork: &str, ttl: Option<&str>) -
     created["routing_key"].as_str().unwrap().to_owned()
 }
 
-/// Polls until a request for `host` with `key` in baggage is answered by `expected`.
+/// Polls until a request for `host` carrying `key` is answered by `expected`.
 async fn until_served(sidecar: &Sidecar, host: &str, key: &str, expected: &str) {
-    let value = format!("sandbox-routing-key={key}");
-    poll_until(
-        &format!("{host} with key {key} served by {expected}"),
-        Duration::from_secs(10),
-        || async {
-            let reply = sidecar
-                .get(host, &[("baggage", value.as_bytes())])
-                .await
-                .ok()?;
-            (reply.served_by() == expected).then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    sidecar
+        .until_served(host, key, expected, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -452,17 +452,9 @@ fn compose_topology_matches_make_demo() {
     }
 }
 
-/// The `sandbox-router` binary `make build` puts next to the test binaries'
-/// directory (`target/debug/deps/compose-*` -> `target/debug/sandbox-router`).
+/// The `sandbox-router` binary `make build` builds.
 fn control_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("sandbox-router"))
-        .unwrap();
-    assert!(path.exists(), "no {} (run `make build`)", path.display());
-    path
+    testbed::sibling_binary("sandbox-router").unwrap()
 }
 
 /// A compose Envoy config run on this host: each compose service name it

@@ -336,8 +336,7 @@ fn istio_shaped_envoy(files: &[(String, String)], baseline: u16, control: u16) -
 async fn what_istiod_makes_of_the_manifests_routes_in_a_real_envoy() {
     let (_, files) = rendered();
     let control = ControlService::start_with_args(
-        // `make build` builds it.
-        &workspace_root().join("target/debug/sandbox-router"),
+        &testbed::sibling_binary("sandbox-router").unwrap(),
         None,
         &[
             "--filter-wasm",

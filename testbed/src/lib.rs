@@ -54,17 +54,17 @@ pub fn trap_filter_wasm() -> PathBuf {
 }
 
 /// A binary built next to the running one (`make build` builds them together),
-/// e.g. `sandbox-router` for the demo and the benchmarks.
+/// e.g. `sandbox-router` for the demo and the benchmarks. A test binary lives
+/// one level down (`target/debug/deps/`), so its parent directory counts too.
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .map(|d| d.join(name))
-        .unwrap_or_else(|| PathBuf::from(name));
-    if !path.exists() {
-        anyhow::bail!("no {} (run `make build`)", path.display());
-    }
-    Ok(path)
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let candidates = [Some(dir.join(name)), dir.parent().map(|d| d.join(name))];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|path| path.exists())
+        .ok_or_else(|| anyhow::anyhow!("no {name} next to {} (run `make build`)", exe.display()))
 }
 
 /// A file shipped in `envoy-config/`.

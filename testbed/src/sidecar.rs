@@ -196,6 +196,30 @@ impl Sidecar {
         get_via(&self.http, self.listener, host, headers).await
     }
 
+    /// Polls until a request for `host` with `key` in baggage is answered by
+    /// `expected` (`service/version`, see [`Reply::served_by`]).
+    pub async fn until_served(
+        &self,
+        host: &str,
+        key: &str,
+        expected: &str,
+        deadline: Duration,
+    ) -> Result<()> {
+        let value = format!("sandbox-routing-key={key}");
+        poll_until(
+            &format!("{host} with key {key} served by {expected}"),
+            deadline,
+            || async {
+                let reply = self
+                    .get(host, &[("baggage", value.as_bytes())])
+                    .await
+                    .ok()?;
+                (reply.served_by() == expected).then_some(())
+            },
+        )
+        .await
+    }
+
     /// Sends raw bytes to the listener (for requests an HTTP library will not
     /// build) and returns the status code of the answer.
     pub async fn raw_status(&self, request: &[u8]) -> Result<u16> {
