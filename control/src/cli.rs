@@ -10,7 +10,10 @@ use sandbox_router_control::control::now_ms;
 use sandbox_router_control::ServeOptions;
 use sandbox_router_proto::v1::{r#override::Target, Override, Overrides};
 use sandbox_router_routing::mint::{self, Carried};
-use sandbox_router_routing::{Decision, RoutingContext, RoutingTable, Settings, Source};
+use sandbox_router_routing::{
+    plan, BaselineReason, Decision, HeaderEdit, RequestFacts, RoutingContext, RoutingTable,
+    Settings, Source, DEBUG_HEADER,
+};
 use serde_json::{json, Value};
 
 /// `println!` that ignores a closed stdout (`sandbox-router ... | head`)
@@ -237,9 +240,26 @@ struct ExplainArgs {
     /// The route's cluster name, when the filter names services by cluster.
     #[arg(long)]
     cluster: Option<String>,
+    /// The downstream address (`IP` or `IP:PORT`), for an edge configuration's
+    /// trusted CIDRs; default: none, i.e. untrusted unless a credential says otherwise.
+    #[arg(long)]
+    source_address: Option<String>,
     /// The filter configuration (JSON); default: the built-in defaults.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+/// What `explain` knows of a request besides its headers: what its flags say.
+struct ExplainFacts<'a>(&'a ExplainArgs);
+
+impl RequestFacts for ExplainFacts<'_> {
+    fn source_address(&self) -> Option<Vec<u8>> {
+        self.0.source_address.clone().map(String::into_bytes)
+    }
+
+    fn cluster_name(&self) -> Option<Vec<u8>> {
+        self.0.cluster.clone().map(String::into_bytes)
+    }
 }
 
 /// A failure with its exit code.
@@ -753,9 +773,13 @@ async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
         ));
     }
     let scanned = settings.scan(headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-    let cluster = args.cluster.clone();
-    let outcome = settings.route(&scanned, || cluster.map(String::into_bytes), &table, 0);
+    // The filter's own plan: the same edits, decision and counters.
+    let plan = settings.plan(&scanned, &ExplainFacts(&args), &table, 0);
+    let outcome = &plan.outcome;
     let context = match &outcome.extracted.context {
+        _ if outcome.decision == Decision::Baseline(BaselineReason::Untrusted) => {
+            "routing context from an untrusted source: removed (edge mode)".to_owned()
+        }
         RoutingContext::None => {
             "none of the enabled sources carries a routing key or overrides".to_owned()
         }
@@ -778,6 +802,9 @@ async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
             format!("{} from {}", parts.join(" and "), source.as_str())
         }
     };
+    let edits: Vec<String> = plan.edits.iter().map(describe_edit).collect();
+    let counters: Vec<&str> = plan.counters.iter().map(|c| c.name()).collect();
+    let decision_header = plan::describe(outcome);
     let (decision, why) = match outcome.decision {
         Decision::Route(endpoint) => (
             format!("route to sandbox endpoint {endpoint}"),
@@ -795,6 +822,9 @@ async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
         "decision": match outcome.decision { Decision::Route(e) => json!({"route": e.to_string()}), Decision::Baseline(r) => json!({"baseline": r.as_str()}) },
         "why": why,
         "table": table_from,
+        "edits": edits,
+        "counters": counters,
+        "decision_header": decision_header,
     });
     client.print(&value, |_| {
         out!("routing context: {context}");
@@ -811,8 +841,23 @@ async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
         out!("table:           {table_from}");
         out!("decision:        {decision}");
         out!("why:             {why}");
+        for edit in &edits {
+            out!("header edit:     {edit}");
+        }
+        out!("counters:        {}", counters.join(", "));
+        out!("debug header:    {DEBUG_HEADER}: {decision_header}");
     });
     Ok(())
+}
+
+/// `remove baggage`, `set x-envoy-original-dst-host: 10.0.0.7:8080`.
+fn describe_edit(edit: &HeaderEdit) -> String {
+    match edit {
+        HeaderEdit::Remove(name) => format!("remove {name}"),
+        HeaderEdit::Replace(name, value) => {
+            format!("set {name}: {}", String::from_utf8_lossy(value))
+        }
+    }
 }
 
 fn reason_text(reason: sandbox_router_routing::BaselineReason) -> &'static str {
@@ -988,4 +1033,53 @@ fn print_usage(key: &str) {
         "  curl -H 'baggage: {}={key}' http://frontend/",
         sandbox_router_routing::DEFAULT_KEY
     );
+}
+
+/// Every `sandbox-router ...` line the README and docs tell a user to type
+/// parses with this CLI, so a renamed command or flag fails here first.
+#[cfg(test)]
+mod documented_commands {
+    use clap::error::ErrorKind;
+    use clap::Parser;
+    use testbed::docs;
+
+    #[test]
+    fn every_documented_invocation_parses() {
+        let mut checked = 0;
+        let mut refused = Vec::new();
+        for path in docs::documentation_files() {
+            let doc = docs::read(&path).unwrap();
+            for (line, args) in docs::commands(&doc, "sandbox-router") {
+                checked += 1;
+                let argv = std::iter::once("sandbox-router".to_string()).chain(args.clone());
+                match super::Cli::try_parse_from(argv) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                        ) => {}
+                    Err(e) => refused.push(format!(
+                        "{}:{line}: sandbox-router {}\n  {}",
+                        path.display(),
+                        args.join(" "),
+                        e.render().to_string().lines().next().unwrap_or_default()
+                    )),
+                }
+            }
+        }
+        assert!(checked > 5, "only {checked} documented invocations found");
+        assert!(refused.is_empty(), "{}", refused.join("\n"));
+    }
+
+    #[test]
+    fn a_renamed_flag_would_be_caught() {
+        let doc = docs::parse(
+            std::path::Path::new("t.md"),
+            "```sh\nsandbox-router sandbox create a --forks b=1.2.3.4:5\n```\n",
+        );
+        let (_, args) = &docs::commands(&doc, "sandbox-router")[0];
+        let argv = std::iter::once("sandbox-router".to_string()).chain(args.clone());
+        assert!(super::Cli::try_parse_from(argv).is_err());
+    }
 }

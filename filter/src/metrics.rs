@@ -1,59 +1,35 @@
-//! The filter's fixed set of counters, defined once per VM. Names never
-//! contain request data. Envoy shows them with a `wasmcustom.` prefix.
+//! The filter's fixed set of counters (`routing::Counter::ALL`), defined once
+//! per VM. Names never contain request data. Envoy shows them with a
+//! `wasmcustom.` prefix: `wasmcustom.sandbox_router.<name>`.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
-use sandbox_router_routing::BaselineReason;
+use sandbox_router_routing::{Counter, Counters};
 
 pub struct Metrics {
-    routed: u32,
-    /// Indexed like `BaselineReason::ALL`.
-    baseline: [u32; BaselineReason::ALL.len()],
-    internal_headers_removed: u32,
-    baggage_over_limit: u32,
+    /// Indexed like `Counter::ALL`.
+    ids: [u32; Counter::ALL.len()],
 }
 
 impl Metrics {
     pub fn define() -> Result<Self, Status> {
-        let counter = |name: &str| {
-            hostcalls::define_metric(MetricType::Counter, &format!("sandbox_router.{name}"))
-        };
-        let mut baseline = [0; BaselineReason::ALL.len()];
-        for (slot, reason) in baseline.iter_mut().zip(BaselineReason::ALL) {
-            *slot = counter(&format!("baseline.{}", reason.as_str()))?;
+        let mut ids = [0; Counter::ALL.len()];
+        for (id, counter) in ids.iter_mut().zip(Counter::ALL) {
+            *id = hostcalls::define_metric(
+                MetricType::Counter,
+                &format!("sandbox_router.{}", counter.name()),
+            )?;
         }
-        Ok(Metrics {
-            routed: counter("routed")?,
-            baseline,
-            internal_headers_removed: counter("internal_headers_removed")?,
-            baggage_over_limit: counter("baggage_over_limit")?,
-        })
+        Ok(Metrics { ids })
     }
 
-    pub fn routed(&self) {
-        bump(self.routed);
-    }
-
-    pub fn baseline(&self, reason: BaselineReason) {
-        if let Some(id) = BaselineReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.baseline.get(i))
-        {
-            bump(*id);
+    /// Moves each counter of the set by one.
+    pub fn count(&self, counters: Counters) {
+        for counter in counters.iter() {
+            if let Some(id) = self.ids.get(counter.index()) {
+                // A failed increment loses one count; it must not fail the request.
+                let _ = hostcalls::increment_metric(*id, 1);
+            }
         }
     }
-
-    pub fn internal_headers_removed(&self) {
-        bump(self.internal_headers_removed);
-    }
-
-    pub fn baggage_over_limit(&self) {
-        bump(self.baggage_over_limit);
-    }
-}
-
-fn bump(id: u32) {
-    // A failed increment loses one count; it must not fail the request.
-    let _ = hostcalls::increment_metric(id, 1);
 }

@@ -1,4 +1,5 @@
-//! The per-request context: strip internal headers, route, count.
+//! The per-request context: read the headers, call the routing plan
+//! (`Settings::plan`), apply its header edits, count.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -8,10 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use sandbox_router_routing::header_map;
 use sandbox_router_routing::shared::{SharedStore, SharedTable};
-use sandbox_router_routing::{
-    BaselineReason, Decision, HeaderEdit, Outcome, RoutingContext, Settings, DEBUG_HEADER,
-    ORIGINAL_DST_HEADER,
-};
+use sandbox_router_routing::{Decision, HeaderEdit, RequestFacts, Settings, DEBUG_HEADER};
 
 use crate::host_map;
 use crate::metrics::Metrics;
@@ -35,6 +33,34 @@ impl SharedStore for HostSharedData {
     }
 }
 
+/// What the plan may ask of the host beyond the headers.
+struct HostFacts;
+
+impl RequestFacts for HostFacts {
+    fn source_address(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+    }
+
+    fn cluster_name(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["xds", "cluster_name"])
+            .ok()
+            .flatten()
+    }
+}
+
+/// Applies one request header edit; false if the host refused it.
+fn apply(edit: &HeaderEdit) -> bool {
+    let done = match edit {
+        HeaderEdit::Remove(name) => hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+        HeaderEdit::Replace(name, value) => {
+            hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+        }
+    };
+    done.is_ok()
+}
+
 impl RouteRequest {
     pub fn new(
         settings: Rc<Settings>,
@@ -46,12 +72,6 @@ impl RouteRequest {
             metrics,
             next_endpoint,
             debug_decision: None,
-        }
-    }
-
-    fn count(&self, f: impl FnOnce(&Metrics)) {
-        if let Some(metrics) = &self.metrics {
-            f(metrics);
         }
     }
 }
@@ -81,104 +101,31 @@ impl HttpContext for RouteRequest {
         }
         let settings = Rc::clone(&self.settings);
         let scanned = settings.scan(headers.iter().copied());
-
-        // Before anything else: a client must never steer the ORIGINAL_DST
-        // cluster itself (Envoy's docs warn about exactly this).
-        if scanned.internal_headers {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, ORIGINAL_DST_HEADER);
-            let _ =
-                hostcalls::remove_map_value(MapType::HttpRequestHeaders, &settings.marker_header);
-            self.count(|m| m.internal_headers_removed());
-        }
-
-        if let Some(edge) = &settings.edge {
-            let credential = headers
-                .iter()
-                .find(|(name, _)| *name == edge.credential_header)
-                .map(|(_, value)| *value);
-            if credential.is_some() {
-                // Never forwarded, trusted or not.
-                let _ = hostcalls::remove_map_value(
-                    MapType::HttpRequestHeaders,
-                    &edge.credential_header,
-                );
-            }
-            let source_address = || {
-                hostcalls::get_property(vec!["source", "address"])
-                    .ok()
-                    .flatten()
-            };
-            let removal = settings.untrusted_context(&scanned, credential, source_address);
-            if !removal.is_empty() {
-                for edit in &removal {
-                    let _ = match edit {
-                        HeaderEdit::Remove(name) => {
-                            hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
-                        }
-                        HeaderEdit::Replace(name, value) => hostcalls::set_map_value_bytes(
-                            MapType::HttpRequestHeaders,
-                            name,
-                            Some(value),
-                        ),
-                    };
-                }
-                self.count(|m| m.baseline(BaselineReason::Untrusted));
-                if settings.debug_header {
-                    self.debug_decision = Some(String::from("baseline; reason=untrusted"));
-                }
-                return Action::Continue;
-            }
-        }
-
         let pick = self.next_endpoint.get();
-        let cluster_name = || {
-            hostcalls::get_property(vec!["xds", "cluster_name"])
-                .ok()
-                .flatten()
-        };
         // Shared data is read only inside the lookup, i.e. only for a request
         // that carries routing context.
-        let outcome = match &settings.table {
-            Some(table) => settings.route(&scanned, cluster_name, table, pick),
-            None => settings.route(
+        let mut plan = match &settings.table {
+            Some(table) => settings.plan(&scanned, &HostFacts, table, pick),
+            None => settings.plan(
                 &scanned,
-                cluster_name,
+                &HostFacts,
                 &SharedTable::new(HostSharedData),
                 pick,
             ),
         };
-        if outcome.extracted.baggage_over_limit {
-            self.count(|m| m.baggage_over_limit());
-        }
-        match outcome.decision {
-            Decision::Route(endpoint) => {
-                self.next_endpoint.set(pick.wrapping_add(1));
-                let set_dst = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
-                    ORIGINAL_DST_HEADER,
-                    Some(&endpoint.to_string()),
-                );
-                let set_marker = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
-                    &settings.marker_header,
-                    Some("1"),
-                );
-                if set_dst.is_ok() && set_marker.is_ok() {
-                    self.count(|m| m.routed());
-                } else {
-                    // Without both headers Envoy takes the baseline route: say so.
-                    let _ = hostcalls::remove_map_value(
-                        MapType::HttpRequestHeaders,
-                        &settings.marker_header,
-                    );
-                    self.count(|m| m.baseline(BaselineReason::Malformed));
-                }
+        // Every edit is tried, even after one fails.
+        let applied = plan.edits.iter().filter(|edit| !apply(edit)).count() == 0;
+        if let Decision::Route(_) = plan.outcome.decision {
+            self.next_endpoint.set(pick.wrapping_add(1));
+            if !applied {
+                // Without both headers Envoy takes the baseline route: say so.
+                apply(&plan.abandon_route(&settings));
             }
-            Decision::Baseline(reason) => self.count(|m| m.baseline(reason)),
         }
-        if settings.debug_header {
-            self.debug_decision = Some(describe(&outcome));
+        if let Some(metrics) = &self.metrics {
+            metrics.count(plan.counters);
         }
+        self.debug_decision = plan.debug;
         Action::Continue
     }
 
@@ -192,29 +139,4 @@ impl HttpContext for RouteRequest {
         }
         Action::Continue
     }
-}
-
-/// The debug header value, e.g. `routed; source=baggage; service=backend; endpoint=10.0.0.7:8080`
-/// or `baseline; reason=unknown_key; source=baggage; service=backend`. Holds
-/// no client-supplied text beyond the validated service name.
-fn describe(outcome: &Outcome) -> String {
-    let mut text = match outcome.decision {
-        Decision::Route(_) => String::from("routed"),
-        Decision::Baseline(reason) => format!("baseline; reason={}", reason.as_str()),
-    };
-    match &outcome.extracted.context {
-        RoutingContext::Found { source, .. } | RoutingContext::Malformed { source, .. } => {
-            text.push_str("; source=");
-            text.push_str(source.as_str());
-        }
-        RoutingContext::None => {}
-    }
-    if let Some(service) = &outcome.service {
-        text.push_str("; service=");
-        text.push_str(service);
-    }
-    if let Decision::Route(endpoint) = outcome.decision {
-        text.push_str(&format!("; endpoint={endpoint}"));
-    }
-    text
 }

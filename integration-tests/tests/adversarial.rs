@@ -222,6 +222,18 @@ async fn check(sidecar: &Sidecar, case: &Case) -> Answer {
         (Some(prefix), Some(decision)) if decision.starts_with(prefix.as_str()) => {}
         _ => panic!("{what}: decision header {answer:?}, expected {expected:?}"),
     }
+    if answer.decision.is_some() {
+        // `sandbox-router explain` plans the same (the one plan of `routing`).
+        let lines: Vec<(&str, &[u8])> = case
+            .lines
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        sidecar
+            .agrees_with_explain("backend", &lines, answer.decision.as_deref())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
     if let Some(echo) = &answer.echo {
         if expected.as_deref() == Some("routed; ") {
             let endpoint = format!("; endpoint={}", echo.addr);
@@ -245,9 +257,14 @@ async fn check(sidecar: &Sidecar, case: &Case) -> Answer {
 }
 
 async fn check_all(sidecar: &Sidecar, cases: &[Case]) {
+    let compared = sidecar.compared_with_explain();
     for case in cases {
         check(sidecar, case).await;
     }
+    assert!(
+        sidecar.compared_with_explain() > compared,
+        "no case was compared with `sandbox-router explain`"
+    );
 }
 
 /// Standard base64, padded (what tracers write in `x-ot-span-context`).

@@ -339,6 +339,11 @@ async fn baggage_past_the_w3c_limits_is_ignored_safely() {
         assert_eq!(reply.served_by(), served, "{what}");
         assert_eq!(moved(&stats(&sidecar).await, &before), counters, "{what}");
     }
+    assert_eq!(
+        sidecar.compared_with_explain(),
+        3,
+        "each case compared with explain"
+    );
 }
 
 #[tokio::test]
@@ -349,6 +354,9 @@ async fn requests_spread_over_a_forks_endpoints_on_several_workers() {
         .sandboxes
         .push(("backend".into(), "feature-x".into()));
     options.concurrency = 2;
+    // Round robin picks what `explain` (one request, pick 0) cannot; and this
+    // test checks the debug header's default (off).
+    options.compare_with_explain = false;
     let sidecar = testbed::Sidecar::start(options, |addrs| {
         Ok(serde_json::json!({
             "table": { "entries": [{

@@ -97,6 +97,8 @@ pub struct RequestHeaders<'a> {
     pub authority: Option<&'a [u8]>,
     /// The client sent `x-envoy-original-dst-host` or the marker header.
     pub internal_headers: bool,
+    /// Edge mode: the credential header's value (the first, if repeated).
+    pub credential: Option<&'a [u8]>,
     baggage: Vec<&'a [u8]>,
     ot_baggage: Vec<(Slot, &'a [u8])>,
     uberctx: Vec<(Slot, &'a [u8])>,
@@ -146,12 +148,20 @@ impl ContextConfig {
     /// Sorts the request's headers into what routing needs. `marker` is the
     /// filter's internal marker header name. Header names must be lowercase
     /// (Envoy's header maps are).
-    pub fn scan<'a, I>(&self, marker: &str, headers: I) -> RequestHeaders<'a>
+    /// `credential` names the edge credential header, if any.
+    pub fn scan<'a, N, I>(
+        &self,
+        marker: &str,
+        credential: Option<&str>,
+        headers: I,
+    ) -> RequestHeaders<'a>
     where
-        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+        N: AsRef<str>,
+        I: IntoIterator<Item = (N, &'a [u8])>,
     {
         let mut seen = RequestHeaders::default();
         for (name, value) in headers {
+            let name = name.as_ref();
             match name {
                 ":authority" => seen.authority = Some(value),
                 "baggage" => seen.baggage.push(value),
@@ -160,6 +170,9 @@ impl ContextConfig {
                 "x-ot-span-context" => seen.ot_span_context.push(value),
                 ORIGINAL_DST_HEADER => seen.internal_headers = true,
                 _ if name == marker => seen.internal_headers = true,
+                _ if Some(name) == credential => {
+                    seen.credential = seen.credential.or(Some(value));
+                }
                 _ => {
                     if let Some(rest) = name.strip_prefix("ot-baggage-") {
                         if let Some(slot) = self.slot(rest) {
@@ -174,6 +187,28 @@ impl ContextConfig {
             }
         }
         seen
+    }
+
+    /// Every header name `scan` can use, for a host that reads headers one
+    /// name at a time (scanning only these gives the same result as
+    /// scanning the whole map).
+    pub fn header_names(&self, marker: &str, credential: Option<&str>) -> Vec<String> {
+        let fixed = [
+            ":authority",
+            "baggage",
+            "traceparent",
+            "tracestate",
+            "x-ot-span-context",
+            ORIGINAL_DST_HEADER,
+            marker,
+        ];
+        let ours = self.keys.iter().chain(self.overrides_key.as_ref());
+        fixed
+            .into_iter()
+            .chain(credential)
+            .map(str::to_owned)
+            .chain(ours.flat_map(|name| [format!("ot-baggage-{name}"), format!("uberctx-{name}")]))
+            .collect()
     }
 
     /// The `ot-baggage-<name>` and `uberctx-<name>` headers the request

@@ -21,6 +21,7 @@ pub mod header_map;
 pub mod key;
 pub mod mint;
 pub mod percent;
+pub mod plan;
 pub mod shared;
 pub mod sync;
 pub mod table;
@@ -35,6 +36,7 @@ pub use decision::{decide, BaselineReason, Decision};
 pub use destination::{Destination, DestinationFrom, DestinationSpec};
 pub use edge::{EdgePolicy, EdgeSpec, HeaderEdit};
 pub use error::ConfigError;
+pub use plan::{Counter, Counters, Plan, RequestFacts};
 pub use table::{ForkLookup, RouteLookup, RoutingTable, TableSpec};
 
 /// Default routing key name (baggage key, `ot-baggage-`/`uberctx-` suffix, tracestate key).
@@ -87,6 +89,8 @@ pub struct Settings {
     pub table: Option<RoutingTable>,
     /// Edge mode; `None` on a sidecar, which honours all routing context.
     pub edge: Option<EdgePolicy>,
+    /// The request headers the plan can read (see [`Settings::header_names`]).
+    header_names: Vec<String>,
 }
 
 /// Result of routing one request.
@@ -186,26 +190,40 @@ impl Settings {
             }
             None => None,
         };
+        let context = ContextConfig {
+            keys,
+            overrides_key,
+            sources,
+        };
+        let credential_header = edge.as_ref().map(|e| e.credential_header.as_str());
+        let header_names = context.header_names(&marker_header, credential_header);
         Ok(Settings {
-            context: ContextConfig {
-                keys,
-                overrides_key,
-                sources,
-            },
+            context,
             destination: Destination::compile(spec.destination)?,
             marker_header,
             debug_header: spec.debug_header,
             table,
             edge,
+            header_names,
         })
     }
 
-    /// Sorts a request's headers (lowercase names) into what routing needs.
-    pub fn scan<'a, I>(&self, headers: I) -> RequestHeaders<'a>
+    /// Sorts a request's headers (lowercase names) into what routing needs:
+    /// the whole header map, or only the [`Settings::header_names`].
+    pub fn scan<'a, N, I>(&self, headers: I) -> RequestHeaders<'a>
     where
-        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+        N: AsRef<str>,
+        I: IntoIterator<Item = (N, &'a [u8])>,
     {
-        self.context.scan(&self.marker_header, headers)
+        let credential = self.edge.as_ref().map(|e| e.credential_header.as_str());
+        self.context.scan(&self.marker_header, credential, headers)
+    }
+
+    /// Every request header the plan can read. A host that reads headers by
+    /// name (every value of each) feeds [`Settings::scan`] these and nothing
+    /// else: no copy of the whole header map.
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
     }
 
     /// In edge mode, the header edits that strip the routing context of an

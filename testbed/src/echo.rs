@@ -3,16 +3,21 @@
 //! see where a request landed and what reached the upstream. Given a next hop,
 //! it first calls that service through its sidecar, propagating the tracing
 //! context as an instrumented application does, and includes the answer.
+//!
+//! It serves HTTP/1.1 and h2c on one port, and the gRPC echo service
+//! (`sandbox_router.echo.v1.Echo`, see [`crate::grpc`]) beside the HTTP echo.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use anyhow::Result;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Version};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+
+use crate::grpc::GrpcEcho;
 
 /// What an echo service answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +27,10 @@ pub struct EchoReply {
     pub version: String,
     /// The address this instance listens on (tells a fork's endpoints apart).
     pub addr: String,
+    /// The HTTP version of the request as it reached this instance
+    /// (`HTTP/1.1`, `HTTP/2.0`).
+    #[serde(default)]
+    pub http_version: String,
     /// Request headers as received (lossy UTF-8; repeated names joined by `, `).
     pub headers: BTreeMap<String, String>,
     /// The next hop's answer, when this service calls one.
@@ -52,7 +61,7 @@ pub struct NextHop {
 }
 
 /// Headers an OpenTelemetry / OpenTracing / Jaeger instrumented app passes on.
-fn is_propagated(name: &str) -> bool {
+pub(crate) fn is_propagated(name: &str) -> bool {
     matches!(
         name,
         "baggage" | "traceparent" | "tracestate" | "x-ot-span-context"
@@ -98,8 +107,9 @@ impl EchoService {
     }
 
     /// Serves on `listen` (port 0: any free port) until dropped; every
-    /// request first calls `next`, if given. The `demo-service` binary runs
-    /// one of these in a container.
+    /// request first calls `next`, if given (an HTTP request over HTTP, a
+    /// gRPC call over gRPC). The `demo-service` binary runs one of these in a
+    /// container.
     pub async fn start_on(
         listen: SocketAddr,
         service: &str,
@@ -108,6 +118,7 @@ impl EchoService {
     ) -> Result<EchoService> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let grpc = GrpcEcho::new(service, version, &addr.to_string(), next.as_ref())?;
         let identity = Identity {
             service: service.to_owned(),
             version: version.to_owned(),
@@ -115,7 +126,10 @@ impl EchoService {
             next,
             http: reqwest::Client::builder().no_proxy().build()?,
         };
-        let app = axum::Router::new().fallback(answer).with_state(identity);
+        // gRPC calls (`/sandbox_router.echo.v1.Echo/*`) to the gRPC echo,
+        // every other request to the HTTP echo.
+        let http = axum::Router::new().fallback(answer).with_state(identity);
+        let app = grpc.router().fallback_service(http);
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -147,6 +161,7 @@ impl Drop for EchoService {
 
 async fn answer(
     State(identity): State<Identity>,
+    version: Version,
     headers: HeaderMap,
 ) -> Result<Json<EchoReply>, (StatusCode, String)> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -174,6 +189,7 @@ async fn answer(
         service: identity.service,
         version: identity.version,
         addr: identity.addr,
+        http_version: format!("{version:?}"),
         headers: seen,
         downstream,
     }))

@@ -7,8 +7,10 @@
 
 mod compose;
 mod control;
+pub mod docs;
 mod echo;
 mod envoy;
+pub mod grpc;
 mod render;
 mod sidecar;
 
@@ -19,6 +21,7 @@ pub use compose::{compose_envoy_configs, COMPOSE_DEMO_CREDENTIAL, COMPOSE_DIR, C
 pub use control::ControlService;
 pub use echo::{EchoReply, EchoService, NextHop};
 pub use envoy::{Envoy, Stats};
+pub use grpc::{grpc_client, proto as echo_proto};
 pub use render::render;
 pub use sidecar::{
     get_via, sidecar_config, sidecar_config_with_sync, wait_for_filter, Reply, Sidecar,

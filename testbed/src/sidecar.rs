@@ -26,6 +26,10 @@ pub struct SidecarOptions {
     pub wasm: Option<PathBuf>,
     /// The HTTP filter's `failure_policy` instead of the shipped one.
     pub failure_policy: Option<&'static str>,
+    /// Turn the debug header on (unless the configuration says otherwise) and
+    /// check every answer's decision against `sandbox-router explain` on the
+    /// same request: the filter and the CLI run one plan and must agree.
+    pub compare_with_explain: bool,
 }
 
 /// The failure policy `envoy-config/sidecar.yaml` ships with.
@@ -41,6 +45,7 @@ impl Default for SidecarOptions {
             sync_config: None,
             wasm: None,
             failure_policy: None,
+            compare_with_explain: true,
         }
     }
 }
@@ -61,6 +66,16 @@ pub struct Sidecar {
     /// The outbound listener.
     pub listener: SocketAddr,
     http: reqwest::Client,
+    /// The filter configuration, for `explain` (when comparing).
+    explain: Option<Explain>,
+}
+
+/// What `sandbox-router explain` needs to plan a request as this sidecar does.
+struct Explain {
+    config: tempfile::NamedTempFile,
+    /// The control service, for a configuration without a static table.
+    control: Option<SocketAddr>,
+    compared: std::sync::atomic::AtomicUsize,
 }
 
 /// One answer through the sidecar.
@@ -148,10 +163,23 @@ impl Sidecar {
             frontend_baseline: frontend_baseline.addr().port(),
             control: options.control.map_or(1, |c| c.port()),
         };
+        let mut filter_config = filter_config(&addrs)?;
+        let explain = if options.compare_with_explain {
+            filter_config = with_debug_header(&filter_config)?;
+            let mut file = tempfile::NamedTempFile::new()?;
+            std::io::Write::write_all(&mut file, filter_config.as_bytes())?;
+            Some(Explain {
+                config: file,
+                control: options.control,
+                compared: Default::default(),
+            })
+        } else {
+            None
+        };
         let mut config = sidecar_config_with_sync(
             &options.node_id,
             &ports,
-            &filter_config(&addrs)?,
+            &filter_config,
             options
                 .sync_config
                 .as_deref()
@@ -179,6 +207,7 @@ impl Sidecar {
             sandboxes,
             listener,
             http: reqwest::Client::builder().no_proxy().build()?,
+            explain,
         };
         sidecar.wait_until_filter_runs().await?;
         Ok(sidecar)
@@ -193,7 +222,74 @@ impl Sidecar {
     /// `GET /` for `host` through the sidecar with extra headers (values as
     /// bytes; a name given twice is sent twice).
     pub async fn get(&self, host: &str, headers: &[(&str, &[u8])]) -> Result<Reply> {
-        get_via(&self.http, self.listener, host, headers).await
+        let reply = get_via(&self.http, self.listener, host, headers).await?;
+        self.agrees_with_explain(host, headers, reply.decision.as_deref())
+            .await?;
+        Ok(reply)
+    }
+
+    /// With [`SidecarOptions::compare_with_explain`]: fails unless
+    /// `sandbox-router explain`, given the request (`host` and `headers`, from
+    /// loopback), plans the `decision` the filter answered. A request the CLI
+    /// cannot express (a value that is not UTF-8) is not compared.
+    pub async fn agrees_with_explain(
+        &self,
+        host: &str,
+        headers: &[(&str, &[u8])],
+        decision: Option<&str>,
+    ) -> Result<()> {
+        let Some(explain) = &self.explain else {
+            return Ok(());
+        };
+        let Some(decision) = decision else {
+            anyhow::bail!("no {} in the answer", sandbox_router_routing::DEBUG_HEADER);
+        };
+        let mut command = tokio::process::Command::new(crate::sibling_binary("sandbox-router")?);
+        command.args([
+            "--output",
+            "json",
+            "explain",
+            "--source-address",
+            "127.0.0.1",
+        ]);
+        command.arg("--config").arg(explain.config.path());
+        command.args(["--service", host]);
+        if let Some(control) = explain.control {
+            command.args(["--server", &format!("http://{control}")]);
+        }
+        for (name, value) in headers {
+            let Ok(value) = std::str::from_utf8(value) else {
+                return Ok(());
+            };
+            command.arg("-H").arg(format!("{name}: {value}"));
+        }
+        let output = command.output().await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "explain failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let planned: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let planned = planned["decision_header"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            planned == decision,
+            "the filter answered {decision:?}, explain plans {planned:?} for {host} {:?}",
+            headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
+                .collect::<Vec<_>>()
+        );
+        explain
+            .compared
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many answers [`Sidecar::agrees_with_explain`] has compared.
+    pub fn compared_with_explain(&self) -> usize {
+        self.explain
+            .as_ref()
+            .map_or(0, |e| e.compared.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Polls until a request for `host` with `key` in baggage is answered by
@@ -296,4 +392,19 @@ pub async fn get_via(
         echo: serde_json::from_slice(&body).ok(),
         decision,
     })
+}
+
+/// The filter configuration with `debug_header` on, unless it says otherwise.
+fn with_debug_header(filter_config: &str) -> Result<String> {
+    let mut config: serde_json::Value = if filter_config.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(filter_config).context("filter configuration")?
+    };
+    if let Some(object) = config.as_object_mut() {
+        object
+            .entry("debug_header")
+            .or_insert(serde_json::Value::Bool(true));
+    }
+    Ok(config.to_string())
 }
