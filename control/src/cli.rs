@@ -237,6 +237,10 @@ struct ExplainArgs {
     /// The request's authority (host), e.g. the service called.
     #[arg(long, alias = "authority")]
     service: String,
+    /// The request's path and query, for the `query` source (e.g.
+    /// `/stripe?sandbox-routing-key=KEY`).
+    #[arg(long, default_value = "/")]
+    path: String,
     /// The route's cluster name, when the filter names services by cluster.
     #[arg(long)]
     cluster: Option<String>,
@@ -761,8 +765,10 @@ async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
         );
         (table, from)
     };
-    let mut headers: Vec<(String, Vec<u8>)> =
-        vec![(":authority".to_owned(), args.service.clone().into_bytes())];
+    let mut headers: Vec<(String, Vec<u8>)> = vec![
+        (":authority".to_owned(), args.service.clone().into_bytes()),
+        (":path".to_owned(), args.path.clone().into_bytes()),
+    ];
     for line in &args.headers {
         let (name, value) = line.split_once(':').ok_or_else(|| {
             Failure::refused(format!("--header {line:?}: expected 'NAME: VALUE'"))

@@ -475,17 +475,9 @@ fn entry<'a>(
     }
 }
 
-/// Sandbox and route group names are DNS labels (RFC 1123): `a-z 0-9 -`, at
-/// most 63, starting and ending with a letter or digit.
+/// Sandbox and route group names are DNS labels (RFC 1123).
 fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    let b = name.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first() != Some(&b'-')
-        && b.last() != Some(&b'-');
-    if ok {
+    if sandbox_router_routing::key::is_valid_sandbox_name(name) {
         Ok(())
     } else {
         Err(ApiError::invalid(

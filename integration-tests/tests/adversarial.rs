@@ -230,7 +230,7 @@ async fn check(sidecar: &Sidecar, case: &Case) -> Answer {
             .map(|(n, v)| (n.as_str(), v.as_slice()))
             .collect();
         sidecar
-            .agrees_with_explain("backend", &lines, answer.decision.as_deref())
+            .agrees_with_explain("backend", "/", &lines, answer.decision.as_deref())
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
     }

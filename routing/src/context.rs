@@ -8,6 +8,7 @@
 //! | `uberctx`           | header `uberctx-<key>`              | header `uberctx-<overrides_key>` |
 //! | `tracestate`        | member `<key>=...` (valid `traceparent` only) | -                     |
 //! | `x-ot-span-context` | baggage item `<key>`                | baggage item `<overrides_key>`   |
+//! | `query` (off unless listed) | URL query parameter `<query.param>` (webhooks) | -                 |
 //!
 //! Sources are tried in the configured order and the first that carries any
 //! of our keys decides alone; a later source is never mixed in. Within a
@@ -47,6 +48,10 @@ pub enum Source {
     Uberctx,
     Tracestate,
     XOtSpanContext,
+    /// A URL query parameter (`?sandbox-routing-key=KEY`): for callers that
+    /// cannot send our headers, such as a third party's webhook. Off unless
+    /// listed in `sources`.
+    Query,
 }
 
 impl Source {
@@ -67,7 +72,14 @@ impl Source {
             Source::Uberctx => "uberctx",
             Source::Tracestate => "tracestate",
             Source::XOtSpanContext => "x-ot-span-context",
+            Source::Query => "query",
         }
+    }
+
+    /// Whether the applications pass this source on from hop to hop. The
+    /// plan carries a key found in any other source on in `baggage`.
+    pub fn propagates(self) -> bool {
+        !matches!(self, Source::Query)
     }
 }
 
@@ -79,6 +91,8 @@ pub struct ContextConfig {
     /// Name of the item carrying a base64 `Overrides`; `None` disables Overrides.
     pub overrides_key: Option<String>,
     pub sources: Vec<Source>,
+    /// The URL query parameter of the `query` source.
+    pub query_param: String,
 }
 
 /// Which of our names a prefixed header (`ot-baggage-*`, `uberctx-*`) carries.
@@ -99,6 +113,8 @@ pub struct RequestHeaders<'a> {
     pub internal_headers: bool,
     /// Edge mode: the credential header's value (the first, if repeated).
     pub credential: Option<&'a [u8]>,
+    /// `:path`, with its query (read only when the `query` source is enabled).
+    pub path: Option<&'a [u8]>,
     baggage: Vec<&'a [u8]>,
     ot_baggage: Vec<(Slot, &'a [u8])>,
     uberctx: Vec<(Slot, &'a [u8])>,
@@ -108,7 +124,7 @@ pub struct RequestHeaders<'a> {
 }
 
 impl RequestHeaders<'_> {
-    pub(crate) fn baggage_lines(&self) -> &[&[u8]] {
+    pub fn baggage_lines(&self) -> &[&[u8]] {
         &self.baggage
     }
 
@@ -164,6 +180,7 @@ impl ContextConfig {
             let name = name.as_ref();
             match name {
                 ":authority" => seen.authority = Some(value),
+                ":path" if self.sources.contains(&Source::Query) => seen.path = Some(value),
                 "baggage" => seen.baggage.push(value),
                 "traceparent" => seen.traceparent.push(value),
                 "tracestate" => seen.tracestate.push(value),
@@ -203,9 +220,11 @@ impl ContextConfig {
             marker,
         ];
         let ours = self.keys.iter().chain(self.overrides_key.as_ref());
+        let path = self.sources.contains(&Source::Query).then_some(":path");
         fixed
             .into_iter()
             .chain(credential)
+            .chain(path)
             .map(str::to_owned)
             .chain(ours.flat_map(|name| [format!("ot-baggage-{name}"), format!("uberctx-{name}")]))
             .collect()
@@ -257,6 +276,7 @@ impl ContextConfig {
                 Source::Uberctx => self.read_prefixed(&headers.uberctx),
                 Source::Tracestate => self.read_tracestate(headers),
                 Source::XOtSpanContext => self.read_span_context(&headers.ot_span_context),
+                Source::Query => self.read_query(headers.path),
             };
             let context = match found {
                 Ok(None) => continue,
@@ -341,6 +361,19 @@ impl ContextConfig {
         Ok(found.finish())
     }
 
+    fn read_query<'h>(
+        &self,
+        path: Option<&'h [u8]>,
+    ) -> Result<Option<RawContext<'h>>, &'static str> {
+        let mut found = Candidates::new(Encoding::Percent);
+        for (name, value) in query_params(path) {
+            if name == self.query_param.as_bytes() {
+                found.offer(Slot::Key(0), Cow::Borrowed(value))?;
+            }
+        }
+        Ok(found.finish())
+    }
+
     fn read_span_context(
         &self,
         lines: &[&[u8]],
@@ -368,6 +401,50 @@ impl ContextConfig {
         }
         Ok(found.finish())
     }
+}
+
+/// The `name=value` pairs of a path's query (`/p?a=1&b=2#f`), raw.
+pub(crate) fn query_params(path: Option<&[u8]>) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let query = path
+        .and_then(|p| p.splitn(2, |b| *b == b'?').nth(1))
+        .and_then(|q| q.split(|b| *b == b'#').next())
+        .unwrap_or_default();
+    query
+        .split(|b| *b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let mut parts = pair.splitn(2, |b| *b == b'=');
+            let name = parts.next().unwrap_or_default();
+            (name, parts.next().unwrap_or_default())
+        })
+}
+
+/// `path` without the query parameters named `param`; `None` when it has none.
+pub(crate) fn without_query_param(path: &[u8], param: &str) -> Option<Vec<u8>> {
+    let (base, rest) = match path.iter().position(|b| *b == b'?') {
+        Some(at) => (path.get(..at)?, path.get(at + 1..)?),
+        None => return None,
+    };
+    let (query, fragment) = match rest.iter().position(|b| *b == b'#') {
+        Some(at) => (rest.get(..at)?, rest.get(at..)?),
+        None => (rest, &b""[..]),
+    };
+    let is_ours = |pair: &&[u8]| pair.splitn(2, |b| *b == b'=').next() == Some(param.as_bytes());
+    let pairs: Vec<&[u8]> = query
+        .split(|b| *b == b'&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !pairs.iter().any(is_ours) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = pairs.into_iter().filter(|p| !is_ours(p)).collect();
+    let mut out = base.to_vec();
+    if !kept.is_empty() {
+        out.push(b'?');
+        out.extend(kept.join(&b'&'));
+    }
+    out.extend_from_slice(fragment);
+    Some(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

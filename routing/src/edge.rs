@@ -26,7 +26,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::baggage::trim_ows;
-use crate::context::{ContextConfig, RequestHeaders};
+use crate::context::{without_query_param, ContextConfig, RequestHeaders, Source};
 use crate::error::ConfigError;
 
 /// Default name of the header carrying an edge credential.
@@ -167,16 +167,7 @@ pub fn context_removal(config: &ContextConfig, headers: &RequestHeaders<'_>) -> 
         .map(String::as_str)
         .chain(config.overrides_key.as_deref())
         .collect();
-    let ours = |element: &[u8]| {
-        let key = element
-            .split(|b| *b == b'=' || *b == b';')
-            .next()
-            .map(trim_ows)
-            .unwrap_or_default();
-        names
-            .iter()
-            .any(|name| key.eq_ignore_ascii_case(name.as_bytes()))
-    };
+    let ours = |element: &[u8]| named(element, &names);
     let mut edits = Vec::new();
     for (name, lines) in [
         ("baggage", headers.baggage_lines()),
@@ -193,6 +184,14 @@ pub fn context_removal(config: &ContextConfig, headers: &RequestHeaders<'_>) -> 
     if headers.has_span_context() {
         edits.push(HeaderEdit::Remove("x-ot-span-context".to_owned()));
     }
+    if config.sources.contains(&Source::Query) {
+        if let Some(path) = headers
+            .path
+            .and_then(|p| without_query_param(p, &config.query_param))
+        {
+            edits.push(HeaderEdit::Replace(":path".to_owned(), path));
+        }
+    }
     edits
 }
 
@@ -203,6 +202,22 @@ fn without_members(
     lines: &[&[u8]],
     drop: impl Fn(&[u8]) -> bool,
 ) -> Option<HeaderEdit> {
+    let (kept, dropped) = kept_members(lines, drop);
+    if !dropped {
+        return None;
+    }
+    if kept.is_empty() {
+        return Some(HeaderEdit::Remove(name.to_owned()));
+    }
+    Some(HeaderEdit::Replace(name.to_owned(), kept.join(&b","[..])))
+}
+
+/// The elements of a list header's lines that `drop` does not pick, and
+/// whether it picked any.
+pub(crate) fn kept_members<'a>(
+    lines: &[&'a [u8]],
+    drop: impl Fn(&[u8]) -> bool,
+) -> (Vec<&'a [u8]>, bool) {
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut dropped = false;
     for element in lines.iter().flat_map(|line| line.split(|b| *b == b',')) {
@@ -216,13 +231,20 @@ fn without_members(
             kept.push(element);
         }
     }
-    if !dropped {
-        return None;
-    }
-    if kept.is_empty() {
-        return Some(HeaderEdit::Remove(name.to_owned()));
-    }
-    Some(HeaderEdit::Replace(name.to_owned(), kept.join(&b","[..])))
+    (kept, dropped)
+}
+
+/// Whether a list element (`name=value;props`) is named one of `names`
+/// (case-insensitive).
+pub(crate) fn named(element: &[u8], names: &[&str]) -> bool {
+    let key = element
+        .split(|b| *b == b'=' || *b == b';')
+        .next()
+        .map(trim_ows)
+        .unwrap_or_default();
+    names
+        .iter()
+        .any(|name| key.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// The lowercase hex SHA-256 of a credential, as `credential_sha256` lists it.

@@ -14,6 +14,18 @@ pub fn is_valid_routing_key(key: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
 }
 
+/// Sandbox and route group names are DNS labels (RFC 1123): `a-z 0-9 -`, at
+/// most 63, starting and ending with a letter or digit.
+pub fn is_valid_sandbox_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first() != Some(&b'-')
+        && b.last() != Some(&b'-')
+}
+
 /// A context key name (a baggage key, the suffix of `ot-baggage-*` and
 /// `uberctx-*`, a `tracestate` member key) must be valid in all of those
 /// places at once: lowercase letters, digits, `-` and `_`, starting with a

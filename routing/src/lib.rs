@@ -76,6 +76,41 @@ pub struct ConfigSpec {
     /// trusted sources (see [`edge`]).
     #[serde(default)]
     pub edge: Option<EdgeSpec>,
+    /// The `query` source (webhooks and callbacks).
+    #[serde(default)]
+    pub query: QuerySpec,
+    /// A sidecar of a sandboxed workload: stamp this sandbox's routing key
+    /// into outbound requests that carry no routing context (cron jobs,
+    /// queue workers: the sandbox as the origin of a request chain).
+    #[serde(default)]
+    pub origin: Option<OriginSpec>,
+}
+
+/// The `query` section: which URL query parameter carries a routing key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySpec {
+    /// Default: `sandbox-routing-key`.
+    pub param: Option<String>,
+    /// Remove the parameter before the request goes upstream (default: keep).
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// The `origin` section: the sandbox this sidecar's workload belongs to,
+/// by name (its key is looked up in the table) or by routing key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSpec {
+    pub sandbox: Option<String>,
+    pub routing_key: Option<String>,
+}
+
+/// Whose routing key a sandbox's sidecar stamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Sandbox(String),
+    RoutingKey(String),
 }
 
 /// Compiled, validated filter settings.
@@ -89,6 +124,10 @@ pub struct Settings {
     pub table: Option<RoutingTable>,
     /// Edge mode; `None` on a sidecar, which honours all routing context.
     pub edge: Option<EdgePolicy>,
+    /// Remove the `query` source's parameter before the upstream.
+    pub query_remove: bool,
+    /// The sandbox whose key this sidecar stamps into requests without context.
+    pub origin: Option<Origin>,
     /// The request headers the plan can read (see [`Settings::header_names`]).
     header_names: Vec<String>,
 }
@@ -100,6 +139,8 @@ pub struct Outcome {
     pub extracted: Extracted,
     /// The destination service, when it was needed and could be named.
     pub service: Option<String>,
+    /// The routing key was stamped by this sidecar's `origin`, not read.
+    pub stamped: bool,
 }
 
 impl Settings {
@@ -190,10 +231,48 @@ impl Settings {
             }
             None => None,
         };
+        let query_param = spec.query.param.unwrap_or_else(|| DEFAULT_KEY.to_owned());
+        check_name("query.param", &query_param)?;
+        let origin = match spec.origin {
+            None => None,
+            Some(OriginSpec {
+                sandbox: Some(name),
+                routing_key: None,
+            }) if key::is_valid_sandbox_name(&name) => Some(Origin::Sandbox(name)),
+            Some(OriginSpec {
+                sandbox: None,
+                routing_key: Some(key),
+            }) if key::is_valid_routing_key(key.as_bytes()) => Some(Origin::RoutingKey(key)),
+            Some(OriginSpec {
+                sandbox: Some(_),
+                routing_key: None,
+            }) => {
+                return Err(ConfigError::new(
+                    "origin.sandbox",
+                    "must be a sandbox name: a DNS label (1-63 of a-z 0-9 '-', starting and ending with a letter or digit)",
+                ))
+            }
+            Some(OriginSpec {
+                sandbox: None,
+                routing_key: Some(_),
+            }) => {
+                return Err(ConfigError::new(
+                    "origin.routing_key",
+                    "must be 1-64 characters of A-Z a-z 0-9 - _",
+                ))
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "origin",
+                    "must give exactly one of sandbox and routing_key",
+                ))
+            }
+        };
         let context = ContextConfig {
             keys,
             overrides_key,
             sources,
+            query_param,
         };
         let credential_header = edge.as_ref().map(|e| e.credential_header.as_str());
         let header_names = context.header_names(&marker_header, credential_header);
@@ -204,6 +283,8 @@ impl Settings {
             debug_header: spec.debug_header,
             table,
             edge,
+            query_remove: spec.query.remove,
+            origin,
             header_names,
         })
     }
@@ -256,12 +337,25 @@ impl Settings {
         pick: usize,
     ) -> Outcome {
         let extracted = self.context.extract(headers);
+        self.route_extracted(extracted, headers, cluster_name, table, pick)
+    }
+
+    /// [`Settings::route`] for a routing context already read.
+    pub(crate) fn route_extracted(
+        &self,
+        extracted: Extracted,
+        headers: &RequestHeaders<'_>,
+        cluster_name: impl FnOnce() -> Option<Vec<u8>>,
+        table: &impl RouteLookup,
+        pick: usize,
+    ) -> Outcome {
         if !matches!(extracted.context, RoutingContext::Found { .. }) {
             let decision = decide(&extracted.context, None, table, pick);
             return Outcome {
                 decision,
                 extracted,
                 service: None,
+                stamped: false,
             };
         }
         let service = match self.destination.from {
@@ -277,6 +371,7 @@ impl Settings {
             decision,
             extracted,
             service,
+            stamped: false,
         }
     }
 }

@@ -49,7 +49,8 @@ pub fn overrides_text(overrides: &Overrides) -> String {
 }
 
 /// The header lines (name, value) that carry `what` in `format`. `tracestate`
-/// carries only a routing key, and needs `traceparent` alongside.
+/// carries only a routing key, and needs `traceparent` alongside; `query` is
+/// no header (see [`query_param`]).
 pub fn headers(format: Source, what: &Carried<'_>) -> Vec<(String, String)> {
     let overrides = what.overrides.map(overrides_text);
     let pct = |v: &str| utf8_percent_encode(v, PERCENT).to_string();
@@ -79,6 +80,7 @@ pub fn headers(format: Source, what: &Carried<'_>) -> Vec<(String, String)> {
                 .map(|(k, v)| (format!("{prefix}{k}"), pct(v)))
                 .collect()
         }
+        Source::Query => Vec::new(),
         Source::Tracestate => match what.key {
             Some(key) => vec![
                 ("traceparent".to_owned(), SAMPLE_TRACEPARENT.to_owned()),
@@ -102,6 +104,12 @@ pub fn headers(format: Source, what: &Carried<'_>) -> Vec<(String, String)> {
             )]
         }
     }
+}
+
+/// The URL query parameter (`name=KEY`) that carries a routing key in the
+/// `query` source, e.g. for a webhook URL.
+pub fn query_param(name: &str, key: &str) -> String {
+    format!("{name}={}", utf8_percent_encode(key, PERCENT))
 }
 
 #[cfg(test)]

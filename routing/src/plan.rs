@@ -10,18 +10,24 @@
 //!    (a client must never steer the ORIGINAL_DST cluster itself);
 //! 2. edge mode: remove the credential header; remove the routing context of
 //!    an untrusted request, which then stays on the baseline;
-//! 3. read the routing context; only with one: name the destination service
-//!    and look up the table;
-//! 4. on a hit, set `x-envoy-original-dst-host` and the marker.
+//! 3. read the routing context; a sandbox's sidecar (`origin`) stamps its own
+//!    key into a request that has none;
+//! 4. only with a routing context: name the destination service and look up
+//!    the table; on a hit, set `x-envoy-original-dst-host` and the marker;
+//! 5. a key that came from where applications do not pass it on (the URL
+//!    query, the origin's stamp) is carried on in `baggage`, so every later
+//!    hop routes by it too.
 //!
 //! A request without routing context costs no allocation here (no edits, a
 //! counter bit set, no debug text unless `debug_header` is on).
 
-use crate::context::{Extracted, RequestHeaders, RoutingContext, ORIGINAL_DST_HEADER};
+use crate::context::{
+    without_query_param, Extracted, RequestHeaders, RoutingContext, Source, ORIGINAL_DST_HEADER,
+};
 use crate::decision::{BaselineReason, Decision};
-use crate::edge::HeaderEdit;
+use crate::edge::{self, HeaderEdit};
 use crate::table::RouteLookup;
-use crate::{Outcome, Settings};
+use crate::{Origin, Outcome, Settings};
 
 /// What a host can tell about a request beyond its headers. Each is asked
 /// only when the plan needs it (most requests need neither).
@@ -54,10 +60,18 @@ pub enum Counter {
     InternalHeadersRemoved,
     /// Baggage went past the W3C limits; the rest was not read.
     BaggageOverLimit,
+    /// A key from a source applications do not propagate (query, origin)
+    /// was written into `baggage` for the hops after this one.
+    BaggageAdded,
+    /// This sandbox's sidecar stamped its key into a request without context.
+    Stamped,
+    /// This sandbox's sidecar could not stamp: the table has no sandbox of
+    /// the configured name (not created yet, deleted, or expired).
+    OriginUnknown,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Routed,
         Counter::Baseline(BaselineReason::NoContext),
         Counter::Baseline(BaselineReason::UnknownKey),
@@ -68,6 +82,9 @@ impl Counter {
         Counter::Baseline(BaselineReason::Untrusted),
         Counter::InternalHeadersRemoved,
         Counter::BaggageOverLimit,
+        Counter::BaggageAdded,
+        Counter::Stamped,
+        Counter::OriginUnknown,
     ];
 
     /// The stat name below the host's prefix, e.g. `baseline.no_context`.
@@ -85,6 +102,9 @@ impl Counter {
             },
             Counter::InternalHeadersRemoved => "internal_headers_removed",
             Counter::BaggageOverLimit => "baggage_over_limit",
+            Counter::BaggageAdded => "baggage_added",
+            Counter::Stamped => "stamped",
+            Counter::OriginUnknown => "origin_unknown",
         }
     }
 
@@ -181,11 +201,53 @@ impl Settings {
                         baggage_over_limit: false,
                     },
                     service: None,
+                    stamped: false,
                 };
                 return self.finish(edits, outcome, counters);
             }
         }
-        let outcome = self.route(headers, || facts.cluster_name(), table, pick);
+        let mut extracted = self.context.extract(headers);
+        let mut stamped = false;
+        if let (RoutingContext::None, Some(origin)) = (&extracted.context, &self.origin) {
+            let key = match origin {
+                Origin::RoutingKey(key) => Some(key.clone()),
+                Origin::Sandbox(name) => table.routing_key_of(name).map(|k| k.into_owned()),
+            };
+            match key {
+                Some(key) => {
+                    extracted.context = RoutingContext::Found {
+                        source: Source::Baggage,
+                        key: Some(key),
+                        overrides: None,
+                    };
+                    stamped = true;
+                    counters.insert(Counter::Stamped);
+                }
+                None => counters.insert(Counter::OriginUnknown),
+            }
+        }
+        let mut outcome =
+            self.route_extracted(extracted, headers, || facts.cluster_name(), table, pick);
+        outcome.stamped = stamped;
+        if let RoutingContext::Found {
+            source,
+            key: Some(key),
+            ..
+        } = &outcome.extracted.context
+        {
+            if stamped || !source.propagates() {
+                edits.push(self.baggage_with_key(headers, key));
+                counters.insert(Counter::BaggageAdded);
+            }
+            if *source == Source::Query && self.query_remove {
+                if let Some(path) = headers
+                    .path
+                    .and_then(|p| without_query_param(p, &self.context.query_param))
+                {
+                    edits.push(HeaderEdit::Replace(":path".to_owned(), path));
+                }
+            }
+        }
         if outcome.extracted.baggage_over_limit {
             counters.insert(Counter::BaggageOverLimit);
         }
@@ -204,6 +266,22 @@ impl Settings {
             Decision::Baseline(reason) => counters.insert(Counter::Baseline(reason)),
         }
         self.finish(edits, outcome, counters)
+    }
+
+    /// `baggage` carrying `key` under the canonical name, in place of any
+    /// member under one of our key names; the other members are kept.
+    fn baggage_with_key(&self, headers: &RequestHeaders<'_>, key: &str) -> HeaderEdit {
+        let names: Vec<&str> = self.context.keys.iter().map(String::as_str).collect();
+        let (kept, _) = edge::kept_members(headers.baggage_lines(), |m| edge::named(m, &names));
+        let canonical = names.first().copied().unwrap_or(crate::DEFAULT_KEY);
+        // Routing keys need no percent-encoding (`A-Z a-z 0-9 - _`).
+        let member = format!("{canonical}={key}");
+        let mut value = kept.join(&b","[..]);
+        if !value.is_empty() {
+            value.push(b',');
+        }
+        value.extend_from_slice(member.as_bytes());
+        HeaderEdit::Replace("baggage".to_owned(), value)
     }
 
     fn finish(&self, edits: Vec<HeaderEdit>, outcome: Outcome, counters: Counters) -> Plan {
@@ -226,6 +304,7 @@ pub fn describe(outcome: &Outcome) -> String {
         Decision::Baseline(reason) => format!("baseline; reason={}", reason.as_str()),
     };
     match &outcome.extracted.context {
+        RoutingContext::Found { .. } if outcome.stamped => text.push_str("; source=origin"),
         RoutingContext::Found { source, .. } | RoutingContext::Malformed { source, .. } => {
             text.push_str("; source=");
             text.push_str(source.as_str());
@@ -406,6 +485,170 @@ mod tests {
             .collect();
         assert_eq!(by_name.len(), headers.len() - 3);
         assert_eq!(plan(&s, &by_name, "10.0.0.1"), whole);
+    }
+
+    fn counted(p: &Plan) -> Vec<&'static str> {
+        p.counters.iter().map(Counter::name).collect()
+    }
+
+    #[test]
+    fn the_query_source_is_off_unless_listed() {
+        let path = format!("/stripe?a=1&sandbox-routing-key={KEY}");
+        let headers = [(":authority", "backend"), (":path", path.as_str())];
+        let off = plan(&settings(""), &headers, "");
+        assert_eq!(counted(&off), ["baseline.no_context"]);
+        let on = plan(
+            &settings(r#"{"sources": ["baggage", "query"]}"#),
+            &headers,
+            "",
+        );
+        assert_eq!(counted(&on), ["routed", "baggage_added"]);
+        assert_eq!(
+            on.edits,
+            [
+                set("baggage", &format!("sandbox-routing-key={KEY}")),
+                set("x-envoy-original-dst-host", "10.0.0.8:8080"),
+                set("x-sandbox-router-route", "1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_query_key_is_carried_on_in_baggage_and_optionally_removed() {
+        let s = settings(
+            r#"{"sources": ["query", "baggage"], "query": {"param": "sr", "remove": true}, "debug_header": true}"#,
+        );
+        let path = format!("/hook?sr={KEY}&b=2#top");
+        let other = "zzzzzzzzzzzzzzzzzzzzzzzz";
+        let baggage = format!("userId=alice,sandbox-routing-key={other}");
+        // Accepted even where the service has no fork: later hops may have one.
+        let p = plan(
+            &s,
+            &[
+                (":authority", "frontend"),
+                (":path", &path),
+                ("baggage", &baggage),
+            ],
+            "",
+        );
+        assert_eq!(
+            p.edits,
+            [
+                set(
+                    "baggage",
+                    &format!("userId=alice,sandbox-routing-key={KEY}")
+                ),
+                set(":path", "/hook?b=2#top"),
+            ]
+        );
+        assert_eq!(
+            counted(&p),
+            ["baseline.no_fork_for_service", "baggage_added"]
+        );
+        assert_eq!(
+            p.debug.as_deref(),
+            Some("baseline; reason=no_fork_for_service; source=query; service=frontend")
+        );
+        // A malformed or repeated-and-different parameter carries nothing on.
+        for path in ["/h?sr=a%zz", "/h?sr=abc&sr=abd"] {
+            let p = plan(&s, &[(":authority", "backend"), (":path", path)], "");
+            assert!(p.edits.is_empty(), "{path}");
+            assert_eq!(counted(&p), ["baseline.malformed"], "{path}");
+        }
+    }
+
+    #[test]
+    fn the_edge_removes_an_untrusted_query_key() {
+        let s = settings(r#"{"sources": ["query"], "edge": {"trusted_cidrs": ["10.0.0.0/8"]}}"#);
+        let path = format!("/stripe?sandbox-routing-key={KEY}&id=7");
+        let headers = [(":authority", "backend"), (":path", path.as_str())];
+        let untrusted = plan(&s, &headers, "203.0.113.9:4000");
+        assert_eq!(untrusted.edits, [set(":path", "/stripe?id=7")]);
+        assert_eq!(counted(&untrusted), ["baseline.untrusted"]);
+        let trusted = plan(&s, &headers, "10.0.0.9:4000");
+        assert_eq!(counted(&trusted), ["routed", "baggage_added"]);
+    }
+
+    #[test]
+    fn a_sandboxs_sidecar_stamps_its_key_into_requests_without_context() {
+        let s = settings(r#"{"origin": {"sandbox": "s1"}, "debug_header": true}"#);
+        let p = plan(
+            &s,
+            &[(":authority", "backend"), ("baggage", "userId=alice")],
+            "",
+        );
+        assert_eq!(
+            p.edits,
+            [
+                set(
+                    "baggage",
+                    &format!("userId=alice,sandbox-routing-key={KEY}")
+                ),
+                set("x-envoy-original-dst-host", "10.0.0.8:8080"),
+                set("x-sandbox-router-route", "1"),
+            ]
+        );
+        assert_eq!(counted(&p), ["routed", "baggage_added", "stamped"]);
+        assert_eq!(
+            p.debug.as_deref(),
+            Some("routed; source=origin; service=backend; endpoint=10.0.0.8:8080")
+        );
+        // Stamped, but the table has no fork of this service: baseline, key carried on.
+        let p = plan(&s, &[(":authority", "frontend")], "");
+        assert_eq!(
+            counted(&p),
+            ["baseline.no_fork_for_service", "baggage_added", "stamped"]
+        );
+        // A request with context (even malformed) is left alone.
+        let theirs = "sandbox-routing-key=zzzzzzzzzzzzzzzzzzzzzzzz";
+        let p = plan(&s, &[(":authority", "backend"), ("baggage", theirs)], "");
+        assert_eq!(counted(&p), ["baseline.unknown_key"]);
+        assert!(p.edits.is_empty());
+        let p = plan(
+            &s,
+            &[
+                (":authority", "backend"),
+                ("baggage", "sandbox-routing-key=%zz"),
+            ],
+            "",
+        );
+        assert_eq!(counted(&p), ["baseline.malformed"]);
+        // A sandbox the table does not know: nothing stamped.
+        let gone = settings(r#"{"origin": {"sandbox": "gone"}}"#);
+        let p = plan(&gone, &[(":authority", "backend")], "");
+        assert_eq!(counted(&p), ["baseline.no_context", "origin_unknown"]);
+        assert!(p.edits.is_empty());
+        // By key: no lookup by name needed.
+        let by_key = settings(&format!(r#"{{"origin": {{"routing_key": "{KEY}"}}}}"#));
+        let p = plan(&by_key, &[(":authority", "backend")], "");
+        assert_eq!(counted(&p), ["routed", "baggage_added", "stamped"]);
+    }
+
+    #[test]
+    fn bad_query_and_origin_sections_name_the_field() {
+        for (json, field) in [
+            (r#"{"query": {"param": "Bad Name"}}"#, "query.param:"),
+            (r#"{"query": {"name": "x"}}"#, "query.name: unknown field"),
+            (r#"{"origin": {}}"#, "origin:"),
+            (
+                r#"{"origin": {"sandbox": "a", "routing_key": "b"}}"#,
+                "origin:",
+            ),
+            (r#"{"origin": {"sandbox": "-a"}}"#, "origin.sandbox:"),
+            (
+                r#"{"origin": {"routing_key": "a b"}}"#,
+                "origin.routing_key:",
+            ),
+            (
+                r#"{"sources": ["querystring"]}"#,
+                "sources[0]: unknown variant",
+            ),
+        ] {
+            let err = Settings::from_json(json.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(field), "{json}: {err}");
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct EchoReply {
     /// (`HTTP/1.1`, `HTTP/2.0`).
     #[serde(default)]
     pub http_version: String,
+    /// The request's path and query as they reached this instance.
+    #[serde(default)]
+    pub path: String,
     /// Request headers as received (lossy UTF-8; repeated names joined by `, `).
     pub headers: BTreeMap<String, String>,
     /// The next hop's answer, when this service calls one.
@@ -162,6 +165,7 @@ impl Drop for EchoService {
 async fn answer(
     State(identity): State<Identity>,
     version: Version,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Json<EchoReply>, (StatusCode, String)> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -190,6 +194,9 @@ async fn answer(
         version: identity.version,
         addr: identity.addr,
         http_version: format!("{version:?}"),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
         headers: seen,
         downstream,
     }))

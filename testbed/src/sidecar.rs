@@ -222,8 +222,18 @@ impl Sidecar {
     /// `GET /` for `host` through the sidecar with extra headers (values as
     /// bytes; a name given twice is sent twice).
     pub async fn get(&self, host: &str, headers: &[(&str, &[u8])]) -> Result<Reply> {
-        let reply = get_via(&self.http, self.listener, host, headers).await?;
-        self.agrees_with_explain(host, headers, reply.decision.as_deref())
+        self.get_path(host, "/", headers).await
+    }
+
+    /// [`Sidecar::get`] of `path` (with its query).
+    pub async fn get_path(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Reply> {
+        let reply = get_path_via(&self.http, self.listener, host, path, headers).await?;
+        self.agrees_with_explain(host, path, headers, reply.decision.as_deref())
             .await?;
         Ok(reply)
     }
@@ -235,6 +245,7 @@ impl Sidecar {
     pub async fn agrees_with_explain(
         &self,
         host: &str,
+        path: &str,
         headers: &[(&str, &[u8])],
         decision: Option<&str>,
     ) -> Result<()> {
@@ -253,7 +264,9 @@ impl Sidecar {
             "127.0.0.1",
         ]);
         command.arg("--config").arg(explain.config.path());
-        command.args(["--service", host]);
+        command.args(["--service", host, "--path", path]);
+        // sidecar.yaml routes `HOST` to the cluster `HOST_baseline`.
+        command.args(["--cluster", &format!("{host}_baseline")]);
         if let Some(control) = explain.control {
             command.args(["--server", &format!("http://{control}")]);
         }
@@ -340,7 +353,8 @@ impl Sidecar {
 }
 
 /// Waits until a request for `host` through `listener` has passed the filter
-/// (answered 200, and counted by the filter).
+/// (answered 200, and counted by the filter: as a request without context,
+/// or, on a sandbox's sidecar that stamps its key, as stamped).
 pub async fn wait_for_filter(
     envoy: &Envoy,
     http: &reqwest::Client,
@@ -353,7 +367,8 @@ pub async fn wait_for_filter(
         || async {
             let reply = get_via(http, listener, host, &[]).await.ok()?;
             let stats = envoy.stats().await.ok()?;
-            (reply.status == 200 && stats.filter("baseline.no_context") > 0).then_some(())
+            let counted = stats.filter("baseline.no_context") + stats.filter("stamped");
+            (reply.status == 200 && counted > 0).then_some(())
         },
     )
     .await
@@ -368,6 +383,17 @@ pub async fn get_via(
     host: &str,
     headers: &[(&str, &[u8])],
 ) -> Result<Reply> {
+    get_path_via(http, listener, host, "/", headers).await
+}
+
+/// [`get_via`] of `path` (with its query).
+pub async fn get_path_via(
+    http: &reqwest::Client,
+    listener: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Result<Reply> {
     let mut map = HeaderMap::new();
     map.insert(reqwest::header::HOST, HeaderValue::from_str(host)?);
     for (name, value) in headers {
@@ -377,7 +403,7 @@ pub async fn get_via(
         );
     }
     let response = http
-        .get(format!("http://{listener}/"))
+        .get(format!("http://{listener}{path}"))
         .headers(map)
         .send()
         .await?;
