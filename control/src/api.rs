@@ -28,6 +28,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::access::Access;
 use crate::control::Control;
 use crate::error::ApiError;
 use crate::model::{NewRouteGroup, NewSandbox, RouteGroup, Sandbox};
@@ -37,17 +38,35 @@ struct Api {
     control: Arc<Control>,
     token: Option<Arc<str>>,
     filter_wasm: Option<Arc<[u8]>>,
+    access: Arc<Access>,
+}
+
+impl Api {
+    /// A sandbox or route group as the API shows it: with its `access`.
+    fn show(&self, item: impl Serialize) -> serde_json::Value {
+        self.access
+            .annotate(serde_json::to_value(item).unwrap_or_default())
+    }
+
+    fn show_all<T: Serialize>(&self, list: List<T>) -> serde_json::Value {
+        serde_json::json!({
+            "version": list.version,
+            "items": list.items.into_iter().map(|i| self.show(i)).collect::<Vec<_>>(),
+        })
+    }
 }
 
 pub fn router(
     control: Arc<Control>,
     token: Option<String>,
     filter_wasm: Option<Arc<[u8]>>,
+    access: Access,
 ) -> Router {
     let api = Api {
         control,
         token: token.map(Arc::from),
         filter_wasm,
+        access: Arc::new(access),
     };
     Router::new()
         .route("/v1/sandboxes", get(list_sandboxes).post(create_sandbox))
@@ -151,24 +170,25 @@ async fn create_sandbox(
     State(api): State<Api>,
     Body(new): Body<NewSandbox>,
 ) -> Result<Response, ApiError> {
-    let written = blocking(move || api.control.create_sandbox(new)).await?;
-    Ok((StatusCode::CREATED, Json(written)).into_response())
+    let control = Arc::clone(&api.control);
+    let written = blocking(move || control.create_sandbox(new)).await?;
+    Ok((StatusCode::CREATED, Json(api.show(written))).into_response())
 }
 
-async fn list_sandboxes(State(api): State<Api>) -> Json<List<Sandbox>> {
-    Json(api.control.read(|m, version| List {
+async fn list_sandboxes(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(api.show_all(api.control.read(|m, version| List {
         version,
-        items: m.sandboxes().cloned().collect(),
-    }))
+        items: m.sandboxes().cloned().collect::<Vec<Sandbox>>(),
+    })))
 }
 
 async fn get_sandbox(
     State(api): State<Api>,
     Path(name): Path<String>,
-) -> Result<Json<Sandbox>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     api.control
         .read(|m, _| m.sandbox(&name).cloned())
-        .map(Json)
+        .map(|s| Json(api.show(s)))
         .ok_or_else(|| ApiError::not_found("sandbox", &name))
 }
 
@@ -183,8 +203,9 @@ async fn set_forks(
     Path(name): Path<String>,
     Body(body): Body<Forks>,
 ) -> Result<Response, ApiError> {
-    let written = blocking(move || api.control.set_forks(&name, &body.forks)).await?;
-    Ok(Json(written).into_response())
+    let control = Arc::clone(&api.control);
+    let written = blocking(move || control.set_forks(&name, &body.forks)).await?;
+    Ok(Json(api.show(written)).into_response())
 }
 
 async fn delete_sandbox(
@@ -199,24 +220,25 @@ async fn create_group(
     State(api): State<Api>,
     Body(new): Body<NewRouteGroup>,
 ) -> Result<Response, ApiError> {
-    let written = blocking(move || api.control.create_group(new)).await?;
-    Ok((StatusCode::CREATED, Json(written)).into_response())
+    let control = Arc::clone(&api.control);
+    let written = blocking(move || control.create_group(new)).await?;
+    Ok((StatusCode::CREATED, Json(api.show(written))).into_response())
 }
 
-async fn list_groups(State(api): State<Api>) -> Json<List<RouteGroup>> {
-    Json(api.control.read(|m, version| List {
+async fn list_groups(State(api): State<Api>) -> Json<serde_json::Value> {
+    Json(api.show_all(api.control.read(|m, version| List {
         version,
-        items: m.groups().cloned().collect(),
-    }))
+        items: m.groups().cloned().collect::<Vec<RouteGroup>>(),
+    })))
 }
 
 async fn get_group(
     State(api): State<Api>,
     Path(name): Path<String>,
-) -> Result<Json<RouteGroup>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     api.control
         .read(|m, _| m.group(&name).cloned())
-        .map(Json)
+        .map(|g| Json(api.show(g)))
         .ok_or_else(|| ApiError::not_found("route group", &name))
 }
 
@@ -225,8 +247,9 @@ async fn update_group(
     Path(name): Path<String>,
     Body(update): Body<NewRouteGroup>,
 ) -> Result<Response, ApiError> {
-    let written = blocking(move || api.control.update_group(&name, update)).await?;
-    Ok(Json(written).into_response())
+    let control = Arc::clone(&api.control);
+    let written = blocking(move || control.update_group(&name, update)).await?;
+    Ok(Json(api.show(written)).into_response())
 }
 
 async fn delete_group(

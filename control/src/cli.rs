@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sandbox_router_control::access::Access;
 use sandbox_router_control::control::now_ms;
 use sandbox_router_control::ServeOptions;
 use sandbox_router_proto::v1::{r#override::Target, Override, Overrides};
 use sandbox_router_routing::mint::{self, Carried};
 use sandbox_router_routing::{
-    plan, BaselineReason, Decision, HeaderEdit, RequestFacts, RoutingContext, RoutingTable,
-    Settings, Source, DEBUG_HEADER,
+    plan, BaselineReason, Decision, HeaderEdit, HostPattern, RequestFacts, RoutingContext,
+    RoutingTable, Settings, Source, DEBUG_HEADER,
 };
 use serde_json::{json, Value};
 
@@ -117,6 +118,17 @@ struct ServeArgs {
     /// singletons can fetch it (the Istio install does).
     #[arg(long, env = "SANDBOX_ROUTER_FILTER_WASM")]
     filter_wasm: Option<PathBuf>,
+    /// The edge's `preview_host` pattern (e.g. `{sandbox}.preview.example.com`):
+    /// every sandbox is shown with its preview URL.
+    #[arg(long, value_name = "PATTERN")]
+    preview_host: Option<String>,
+    /// The edge's `cookie.name`: every sandbox is shown with a ready cookie.
+    #[arg(long, value_name = "NAME")]
+    preview_cookie: Option<String>,
+    /// The `query.param` the proxies read: every sandbox is shown with the
+    /// query that routes a webhook or callback URL to it.
+    #[arg(long, value_name = "NAME")]
+    query_param: Option<String>,
 }
 
 impl ServeArgs {
@@ -127,10 +139,35 @@ impl ServeArgs {
             })?)),
             None => None,
         };
+        let preview_host = match &self.preview_host {
+            Some(pattern) => Some(HostPattern::parse(pattern).ok_or_else(|| {
+                Failure::refused(format!(
+                    "--preview-host {pattern:?}: expected a lowercase host with one {{sandbox}}, e.g. {{sandbox}}.preview.example.com"
+                ))
+            })?),
+            None => None,
+        };
+        for (flag, name) in [
+            ("--preview-cookie", &self.preview_cookie),
+            ("--query-param", &self.query_param),
+        ] {
+            if let Some(name) = name {
+                if !sandbox_router_routing::key::is_valid_context_key_name(name) {
+                    return Err(Failure::refused(format!(
+                        "{flag} {name:?}: expected a-z 0-9 - _, starting with a letter"
+                    )));
+                }
+            }
+        }
         Ok(ServeOptions {
             write_token,
             watch_token: self.watch_token.clone(),
             filter_wasm,
+            access: Access {
+                preview_host,
+                cookie: self.preview_cookie.clone(),
+                query_param: self.query_param.clone(),
+            },
         })
     }
 }
@@ -789,6 +826,9 @@ async fn explain(client: &Client, args: ExplainArgs) -> Result<(), Failure> {
         RoutingContext::None => {
             "none of the enabled sources carries a routing key or overrides".to_owned()
         }
+        RoutingContext::Named { source, sandbox } => {
+            format!("sandbox {sandbox:?} named by the {}", source.as_str())
+        }
         RoutingContext::Malformed { source, why } => format!(
             "{} carries our name but it is unusable: {why}",
             source.as_str()
@@ -1014,6 +1054,21 @@ fn print_sandbox(s: &Value) {
     if !expiry.is_empty() {
         out!("  expiry:      {expiry}");
     }
+    print_access(s);
+}
+
+/// The ways in besides headers that the control service knows the edge offers.
+fn print_access(item: &Value) {
+    let access = &item["access"];
+    if let Some(url) = access["preview_url"].as_str() {
+        out!("  preview:     {url}");
+    }
+    if let Some(cookie) = access["cookie"].as_str() {
+        out!("  cookie:      document.cookie = \"{cookie}\"");
+    }
+    if let Some(query) = access["query"].as_str() {
+        out!("  webhooks:    add ?{query} to the callback URL");
+    }
 }
 
 fn print_group(g: &Value) {
@@ -1022,6 +1077,7 @@ fn print_group(g: &Value) {
     if let Some(selector) = g["selector"].as_object().filter(|s| !s.is_empty()) {
         out!("  selector:    {}", Value::Object(selector.clone()));
     }
+    print_access(g);
 }
 
 /// Ready-to-paste headers and a curl line for a routing key.

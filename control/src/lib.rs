@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod control;
 pub mod error;
@@ -44,6 +45,8 @@ pub struct ServeOptions {
     /// The filter `.wasm`, served at `GET /v1/filter.wasm` so that proxies
     /// can fetch the module the singleton runs (the Istio install does).
     pub filter_wasm: Option<Arc<[u8]>>,
+    /// What the edge enables besides headers, shown with every sandbox.
+    pub access: access::Access,
 }
 
 pub async fn serve(
@@ -59,6 +62,7 @@ pub async fn serve(
         Arc::clone(&control),
         options.write_token,
         options.filter_wasm,
+        options.access,
     )
     .merge(grpc);
     // An external owner (the Kubernetes controller) expires sandboxes itself.

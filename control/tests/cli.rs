@@ -210,3 +210,111 @@ async fn minted_headers_explain_as_routed_in_every_format() {
         text(&out)
     );
 }
+
+/// What a sandboxed workload or a tester needs besides headers: the preview
+/// URL, a cookie, and the query for a webhook URL, when `serve` is told the
+/// edge offers them. A workload reads its own key from the JSON output.
+#[tokio::test]
+async fn sandboxes_show_their_preview_url_cookie_and_webhook_query() {
+    let plain = ControlService::start(Path::new(BIN), None).await.unwrap();
+    let out = plain
+        .cli(&["sandbox", "create", "a", "--fork", "backend=10.0.0.7:8080"])
+        .unwrap();
+    assert!(!text(&out).contains("preview:"), "{}", text(&out));
+    let got = json(
+        &plain
+            .cli(&["--output", "json", "sandbox", "get", "a"])
+            .unwrap(),
+    );
+    assert_eq!(got.get("access"), None);
+
+    let control = ControlService::start_with_args(
+        Path::new(BIN),
+        None,
+        &[
+            "--preview-host",
+            "{sandbox}.preview.example.com",
+            "--preview-cookie",
+            "sandbox-routing-key",
+            "--query-param",
+            "sandbox-routing-key",
+        ],
+    )
+    .await
+    .unwrap();
+    let out = control
+        .cli(&[
+            "sandbox",
+            "create",
+            "backend-v2",
+            "--fork",
+            "backend=10.0.0.7:8080",
+        ])
+        .unwrap();
+    let printed = text(&out);
+    let key = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("routing key: "))
+        .unwrap()
+        .to_owned();
+    for line in [
+        "preview:     https://backend-v2.preview.example.com/".to_owned(),
+        format!("cookie:      document.cookie = \"sandbox-routing-key={key}; Path=/\""),
+        format!("webhooks:    add ?sandbox-routing-key={key} to the callback URL"),
+    ] {
+        assert!(printed.contains(&line), "missing {line:?} in\n{printed}");
+    }
+    // A workload builds its callback URL from `sandbox get NAME --output json`.
+    let got = json(
+        &control
+            .cli(&["--output", "json", "sandbox", "get", "backend-v2"])
+            .unwrap(),
+    );
+    assert_eq!(got["routing_key"], key.as_str());
+    assert_eq!(got["access"]["query"], format!("sandbox-routing-key={key}"));
+    assert_eq!(
+        got["access"]["preview_url"],
+        "https://backend-v2.preview.example.com/"
+    );
+    let list = json(
+        &control
+            .cli(&["--output", "json", "sandbox", "list"])
+            .unwrap(),
+    );
+    assert_eq!(list["items"][0]["access"], got["access"]);
+    let group = json(
+        &control
+            .cli(&[
+                "--output",
+                "json",
+                "group",
+                "create",
+                "both",
+                "--member",
+                "backend-v2",
+            ])
+            .unwrap(),
+    );
+    assert_eq!(
+        group["access"]["preview_url"],
+        "https://both.preview.example.com/"
+    );
+
+    // A pattern without {sandbox} is refused at start.
+    let refused = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--preview-host",
+            "preview.example.com",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("--preview-host"),
+        "{}",
+        text(&refused)
+    );
+}

@@ -9,6 +9,8 @@
 //! | `tracestate`        | member `<key>=...` (valid `traceparent` only) | -                     |
 //! | `x-ot-span-context` | baggage item `<key>`                | baggage item `<overrides_key>`   |
 //! | `query` (off unless listed) | URL query parameter `<query.param>` (webhooks) | -                 |
+//! | `cookie` (off unless listed) | cookie `<cookie.name>` (browsers)  | -                                |
+//! | `preview-host` (off unless listed) | the sandbox named by the host, `{sandbox}.preview.example.com` | - |
 //!
 //! Sources are tried in the configured order and the first that carries any
 //! of our keys decides alone; a later source is never mixed in. Within a
@@ -27,6 +29,7 @@ use sandbox_router_proto::v1::Overrides;
 use serde::Deserialize;
 
 use crate::baggage;
+use crate::edge::HeaderEdit;
 use crate::key::is_valid_routing_key;
 use crate::percent::decode_strict;
 use crate::tracecontext::{self, TracestateMember};
@@ -52,6 +55,11 @@ pub enum Source {
     /// cannot send our headers, such as a third party's webhook. Off unless
     /// listed in `sources`.
     Query,
+    /// A cookie (browsers and phones at the edge). Off unless listed.
+    Cookie,
+    /// The host names a sandbox (`{sandbox}.preview.example.com`); its key
+    /// comes from the table. Off unless listed.
+    PreviewHost,
 }
 
 impl Source {
@@ -73,13 +81,15 @@ impl Source {
             Source::Tracestate => "tracestate",
             Source::XOtSpanContext => "x-ot-span-context",
             Source::Query => "query",
+            Source::Cookie => "cookie",
+            Source::PreviewHost => "preview-host",
         }
     }
 
     /// Whether the applications pass this source on from hop to hop. The
     /// plan carries a key found in any other source on in `baggage`.
     pub fn propagates(self) -> bool {
-        !matches!(self, Source::Query)
+        !matches!(self, Source::Query | Source::Cookie | Source::PreviewHost)
     }
 }
 
@@ -93,6 +103,63 @@ pub struct ContextConfig {
     pub sources: Vec<Source>,
     /// The URL query parameter of the `query` source.
     pub query_param: String,
+    /// The cookie of the `cookie` source.
+    pub cookie_name: String,
+    /// The host pattern of the `preview-host` source.
+    pub preview_host: Option<HostPattern>,
+    /// Collect `cookie` lines: the `cookie` source, or an edge credential cookie.
+    pub reads_cookies: bool,
+}
+
+/// `{sandbox}.preview.example.com`: a literal prefix and suffix around one
+/// DNS label, the sandbox name (case-insensitive, any port ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl HostPattern {
+    pub const PLACEHOLDER: &'static str = "{sandbox}";
+
+    /// Parses a pattern with exactly one `{sandbox}`; `None` otherwise.
+    pub fn parse(pattern: &str) -> Option<HostPattern> {
+        let (prefix, suffix) = pattern.split_once(Self::PLACEHOLDER)?;
+        let literal = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        (literal(prefix) && literal(suffix) && !(prefix.is_empty() && suffix.is_empty())).then(
+            || HostPattern {
+                prefix: prefix.to_owned(),
+                suffix: suffix.to_owned(),
+            },
+        )
+    }
+
+    /// The sandbox name an authority (`host[:port]`) carries, if it matches.
+    pub fn sandbox(&self, authority: &[u8]) -> Option<String> {
+        let host = crate::destination::strip_port(authority)?;
+        let host = host.strip_suffix(b".").unwrap_or(host);
+        if host.len() < self.prefix.len() + self.suffix.len() {
+            return None;
+        }
+        let (head, rest) = host.split_at(self.prefix.len());
+        let (name, tail) = rest.split_at(rest.len() - self.suffix.len());
+        if !head.eq_ignore_ascii_case(self.prefix.as_bytes())
+            || !tail.eq_ignore_ascii_case(self.suffix.as_bytes())
+        {
+            return None;
+        }
+        // Sandbox names are lowercase DNS labels; hosts are case-insensitive.
+        let name = std::str::from_utf8(name).ok()?.to_ascii_lowercase();
+        crate::key::is_valid_sandbox_name(&name).then_some(name)
+    }
+
+    /// The host of a sandbox's preview, e.g. `feature-x.preview.example.com`.
+    pub fn host_of(&self, sandbox: &str) -> String {
+        format!("{}{sandbox}{}", self.prefix, self.suffix)
+    }
 }
 
 /// Which of our names a prefixed header (`ot-baggage-*`, `uberctx-*`) carries.
@@ -115,6 +182,8 @@ pub struct RequestHeaders<'a> {
     pub credential: Option<&'a [u8]>,
     /// `:path`, with its query (read only when the `query` source is enabled).
     pub path: Option<&'a [u8]>,
+    /// `cookie` lines (read only when [`ContextConfig::reads_cookies`]).
+    pub cookies: Vec<&'a [u8]>,
     baggage: Vec<&'a [u8]>,
     ot_baggage: Vec<(Slot, &'a [u8])>,
     uberctx: Vec<(Slot, &'a [u8])>,
@@ -147,6 +216,9 @@ pub enum RoutingContext {
         key: Option<String>,
         overrides: Option<Overrides>,
     },
+    /// The deciding source names a sandbox (a preview host); its routing
+    /// key comes from the table.
+    Named { source: Source, sandbox: String },
     /// The deciding source carries our name but its value cannot be used.
     Malformed { source: Source, why: &'static str },
 }
@@ -181,6 +253,7 @@ impl ContextConfig {
             match name {
                 ":authority" => seen.authority = Some(value),
                 ":path" if self.sources.contains(&Source::Query) => seen.path = Some(value),
+                "cookie" if self.reads_cookies => seen.cookies.push(value),
                 "baggage" => seen.baggage.push(value),
                 "traceparent" => seen.traceparent.push(value),
                 "tracestate" => seen.tracestate.push(value),
@@ -221,10 +294,12 @@ impl ContextConfig {
         ];
         let ours = self.keys.iter().chain(self.overrides_key.as_ref());
         let path = self.sources.contains(&Source::Query).then_some(":path");
+        let cookie = self.reads_cookies.then_some("cookie");
         fixed
             .into_iter()
             .chain(credential)
             .chain(path)
+            .chain(cookie)
             .map(str::to_owned)
             .chain(ours.flat_map(|name| [format!("ot-baggage-{name}"), format!("uberctx-{name}")]))
             .collect()
@@ -277,6 +352,16 @@ impl ContextConfig {
                 Source::Tracestate => self.read_tracestate(headers),
                 Source::XOtSpanContext => self.read_span_context(&headers.ot_span_context),
                 Source::Query => self.read_query(headers.path),
+                Source::Cookie => self.read_cookie(&headers.cookies),
+                Source::PreviewHost => match self.preview_sandbox(headers) {
+                    Some(sandbox) => {
+                        return Extracted {
+                            context: RoutingContext::Named { source, sandbox },
+                            baggage_over_limit,
+                        }
+                    }
+                    None => continue,
+                },
             };
             let context = match found {
                 Ok(None) => continue,
@@ -374,6 +459,24 @@ impl ContextConfig {
         Ok(found.finish())
     }
 
+    fn read_cookie<'h>(&self, lines: &[&'h [u8]]) -> Result<Option<RawContext<'h>>, &'static str> {
+        let mut found = Candidates::new(Encoding::Percent);
+        for (name, value) in cookies(lines) {
+            if name == self.cookie_name.as_bytes() {
+                found.offer(Slot::Key(0), Cow::Borrowed(value))?;
+            }
+        }
+        Ok(found.finish())
+    }
+
+    /// The sandbox the request's host names, with the `preview-host` source.
+    pub fn preview_sandbox(&self, headers: &RequestHeaders<'_>) -> Option<String> {
+        if !self.sources.contains(&Source::PreviewHost) {
+            return None;
+        }
+        self.preview_host.as_ref()?.sandbox(headers.authority?)
+    }
+
     fn read_span_context(
         &self,
         lines: &[&[u8]],
@@ -417,6 +520,64 @@ pub(crate) fn query_params(path: Option<&[u8]>) -> impl Iterator<Item = (&[u8], 
             let name = parts.next().unwrap_or_default();
             (name, parts.next().unwrap_or_default())
         })
+}
+
+/// The `name=value` pairs of `cookie` lines (`a=1; b="2"`), values unquoted.
+pub(crate) fn cookies<'a: 'l, 'l>(
+    lines: &'l [&'a [u8]],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'l {
+    lines
+        .iter()
+        .flat_map(|line| line.split(|b| *b == b';'))
+        .map(crate::baggage::trim_ows)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let mut parts = pair.splitn(2, |b| *b == b'=');
+            let name = crate::baggage::trim_ows(parts.next().unwrap_or_default());
+            let value = crate::baggage::trim_ows(parts.next().unwrap_or_default());
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            (name, value)
+        })
+}
+
+/// The value of the first cookie named `name`.
+pub(crate) fn cookie_value<'a>(lines: &[&'a [u8]], name: &str) -> Option<&'a [u8]> {
+    cookies(lines)
+        .find(|(n, _)| *n == name.as_bytes())
+        .map(|(_, value)| value)
+}
+
+/// `cookie` lines without the cookies named in `names`, as one line;
+/// `None` when none is named so.
+pub(crate) fn without_cookies(lines: &[&[u8]], names: &[&str]) -> Option<HeaderEdit> {
+    if names.is_empty() {
+        return None;
+    }
+    let pairs: Vec<&[u8]> = lines
+        .iter()
+        .flat_map(|line| line.split(|b| *b == b';'))
+        .map(crate::baggage::trim_ows)
+        .filter(|pair| !pair.is_empty())
+        .collect();
+    let ours = |pair: &&[u8]| {
+        let name = pair
+            .split(|b| *b == b'=')
+            .next()
+            .map(crate::baggage::trim_ows);
+        names.iter().any(|n| name == Some(n.as_bytes()))
+    };
+    if !pairs.iter().any(ours) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = pairs.into_iter().filter(|p| !ours(p)).collect();
+    Some(if kept.is_empty() {
+        HeaderEdit::Remove("cookie".to_owned())
+    } else {
+        HeaderEdit::Replace("cookie".to_owned(), kept.join(&b"; "[..]))
+    })
 }
 
 /// `path` without the query parameters named `param`; `None` when it has none.

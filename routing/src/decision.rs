@@ -78,6 +78,15 @@ pub fn decide(
     let (key, overrides) = match context {
         RoutingContext::None => return Decision::Baseline(BaselineReason::NoContext),
         RoutingContext::Malformed { .. } => return Decision::Baseline(BaselineReason::Malformed),
+        RoutingContext::Named { sandbox, .. } => {
+            let Some(service) = service else {
+                return Decision::Baseline(BaselineReason::NoDestination);
+            };
+            return match table.routing_key_of(sandbox) {
+                Some(key) => route_by_key(&key, service, table, pick),
+                None => Decision::Baseline(BaselineReason::UnknownKey),
+            };
+        }
         RoutingContext::Found { key, overrides, .. } => (key, overrides),
     };
     let Some(service) = service else {

@@ -80,7 +80,7 @@ impl Destination {
 
 /// `host[:port]` or `[v6]:port` -> host. `None` for an IPv6 literal without
 /// its closing bracket.
-fn strip_port(authority: &[u8]) -> Option<&[u8]> {
+pub(crate) fn strip_port(authority: &[u8]) -> Option<&[u8]> {
     if let Some(rest) = authority.strip_prefix(b"[") {
         let close = rest.iter().position(|b| *b == b']')?;
         return rest.get(..close);

@@ -46,6 +46,9 @@ pub struct EdgeSpec {
     /// configuration never holds a credential itself.
     #[serde(default)]
     pub credential_sha256: Vec<String>,
+    /// A cookie that may carry the credential too (browsers cannot add a
+    /// header); removed at the edge like the header.
+    pub credential_cookie: Option<String>,
 }
 
 /// Compiled edge settings.
@@ -53,6 +56,7 @@ pub struct EdgeSpec {
 pub struct EdgePolicy {
     trusted: Vec<IpNet>,
     pub credential_header: String,
+    pub credential_cookie: Option<String>,
     credentials: Vec<[u8; 32]>,
 }
 
@@ -113,9 +117,18 @@ impl EdgePolicy {
                 )
             })?);
         }
+        if let Some(name) = &spec.credential_cookie {
+            if !crate::key::is_valid_context_key_name(name) {
+                return Err(ConfigError::new(
+                    "edge.credential_cookie",
+                    "must start with a-z and hold only a-z 0-9 - _",
+                ));
+            }
+        }
         Ok(EdgePolicy {
             trusted,
             credential_header,
+            credential_cookie: spec.credential_cookie,
             credentials,
         })
     }

@@ -30,7 +30,8 @@ pub mod tracecontext;
 use serde::Deserialize;
 
 pub use context::{
-    ContextConfig, Extracted, RequestHeaders, RoutingContext, Source, ORIGINAL_DST_HEADER,
+    ContextConfig, Extracted, HostPattern, RequestHeaders, RoutingContext, Source,
+    ORIGINAL_DST_HEADER,
 };
 pub use decision::{decide, BaselineReason, Decision};
 pub use destination::{Destination, DestinationFrom, DestinationSpec};
@@ -84,6 +85,24 @@ pub struct ConfigSpec {
     /// queue workers: the sandbox as the origin of a request chain).
     #[serde(default)]
     pub origin: Option<OriginSpec>,
+    /// The `cookie` source (browsers and phones at the edge).
+    #[serde(default)]
+    pub cookie: CookieSpec,
+    /// The `preview-host` source: a host pattern such as
+    /// `{sandbox}.preview.example.com`.
+    pub preview_host: Option<String>,
+}
+
+/// The `cookie` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieSpec {
+    /// Default: `sandbox-routing-key`.
+    pub name: Option<String>,
+    /// Pass the cookie on to the services (default: removed, the key goes on
+    /// in `baggage`).
+    #[serde(default)]
+    pub forward: bool,
 }
 
 /// The `query` section: which URL query parameter carries a routing key.
@@ -128,6 +147,8 @@ pub struct Settings {
     pub query_remove: bool,
     /// The sandbox whose key this sidecar stamps into requests without context.
     pub origin: Option<Origin>,
+    /// Pass the `cookie` source's cookie on to the services.
+    pub cookie_forward: bool,
     /// The request headers the plan can read (see [`Settings::header_names`]).
     header_names: Vec<String>,
 }
@@ -268,11 +289,38 @@ impl Settings {
                 ))
             }
         };
+        let cookie_name = spec.cookie.name.unwrap_or_else(|| DEFAULT_KEY.to_owned());
+        check_name("cookie.name", &cookie_name)?;
+        let preview_host = match &spec.preview_host {
+            Some(pattern) => Some(HostPattern::parse(pattern).ok_or_else(|| {
+                ConfigError::new(
+                    "preview_host",
+                    "must be a lowercase host with one {sandbox}, e.g. {sandbox}.preview.example.com",
+                )
+            })?),
+            None => None,
+        };
+        if sources.contains(&Source::PreviewHost) && preview_host.is_none() {
+            return Err(ConfigError::new(
+                "preview_host",
+                "is required when sources lists preview-host",
+            ));
+        }
+        let credential_cookie = edge.as_ref().and_then(|e| e.credential_cookie.as_deref());
+        if credential_cookie == Some(cookie_name.as_str()) {
+            return Err(ConfigError::new(
+                "edge.credential_cookie",
+                "must differ from cookie.name",
+            ));
+        }
         let context = ContextConfig {
             keys,
             overrides_key,
+            reads_cookies: sources.contains(&Source::Cookie) || credential_cookie.is_some(),
             sources,
             query_param,
+            cookie_name,
+            preview_host,
         };
         let credential_header = edge.as_ref().map(|e| e.credential_header.as_str());
         let header_names = context.header_names(&marker_header, credential_header);
@@ -285,6 +333,7 @@ impl Settings {
             edge,
             query_remove: spec.query.remove,
             origin,
+            cookie_forward: spec.cookie.forward,
             header_names,
         })
     }
@@ -349,7 +398,10 @@ impl Settings {
         table: &impl RouteLookup,
         pick: usize,
     ) -> Outcome {
-        if !matches!(extracted.context, RoutingContext::Found { .. }) {
+        if !matches!(
+            extracted.context,
+            RoutingContext::Found { .. } | RoutingContext::Named { .. }
+        ) {
             let decision = decide(&extracted.context, None, table, pick);
             return Outcome {
                 decision,

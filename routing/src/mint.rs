@@ -80,7 +80,8 @@ pub fn headers(format: Source, what: &Carried<'_>) -> Vec<(String, String)> {
                 .map(|(k, v)| (format!("{prefix}{k}"), pct(v)))
                 .collect()
         }
-        Source::Query => Vec::new(),
+        // Not headers an application passes on: a URL, a browser's cookie, a host.
+        Source::Query | Source::Cookie | Source::PreviewHost => Vec::new(),
         Source::Tracestate => match what.key {
             Some(key) => vec![
                 ("traceparent".to_owned(), SAMPLE_TRACEPARENT.to_owned()),

@@ -21,8 +21,11 @@
 //! A request without routing context costs no allocation here (no edits, a
 //! counter bit set, no debug text unless `debug_header` is on).
 
+use std::borrow::Cow;
+
 use crate::context::{
-    without_query_param, Extracted, RequestHeaders, RoutingContext, Source, ORIGINAL_DST_HEADER,
+    cookie_value, without_cookies, without_query_param, Extracted, RequestHeaders, RoutingContext,
+    Source, ORIGINAL_DST_HEADER,
 };
 use crate::decision::{BaselineReason, Decision};
 use crate::edge::{self, HeaderEdit};
@@ -183,15 +186,31 @@ impl Settings {
             edits.push(HeaderEdit::Remove(self.marker_header.clone()));
             counters.insert(Counter::InternalHeadersRemoved);
         }
+        // Cookies to drop from the `cookie` header, in one edit at the end.
+        let mut drop_cookies: Vec<&str> = Vec::new();
+        let routing_cookie = self.context.sources.contains(&Source::Cookie)
+            && cookie_value(&headers.cookies, &self.context.cookie_name).is_some();
         if let Some(edge) = &self.edge {
+            let cookie_credential = edge.credential_cookie.as_deref().and_then(|name| {
+                let value = cookie_value(&headers.cookies, name)?;
+                drop_cookies.push(name);
+                Some(value)
+            });
             if headers.credential.is_some() {
-                // Never forwarded, trusted or not.
+                // Never forwarded, trusted or not (as a cookie neither).
                 edits.push(HeaderEdit::Remove(edge.credential_header.clone()));
             }
-            let removal =
-                self.untrusted_context(headers, headers.credential, || facts.source_address());
-            if !removal.is_empty() {
+            let credential = headers.credential.or(cookie_credential);
+            let removal = edge::context_removal(&self.context, headers);
+            let has_context = !removal.is_empty()
+                || routing_cookie
+                || self.context.preview_sandbox(headers).is_some();
+            if has_context && edge.trust(credential, || facts.source_address()).is_none() {
                 edits.extend(removal);
+                if routing_cookie {
+                    drop_cookies.push(&self.context.cookie_name);
+                }
+                edits.extend(without_cookies(&headers.cookies, &drop_cookies));
                 let reason = BaselineReason::Untrusted;
                 counters.insert(Counter::Baseline(reason));
                 let outcome = Outcome {
@@ -206,6 +225,10 @@ impl Settings {
                 return self.finish(edits, outcome, counters);
             }
         }
+        if routing_cookie && !self.cookie_forward {
+            drop_cookies.push(&self.context.cookie_name);
+        }
+        edits.extend(without_cookies(&headers.cookies, &drop_cookies));
         let mut extracted = self.context.extract(headers);
         let mut stamped = false;
         if let (RoutingContext::None, Some(origin)) = (&extracted.context, &self.origin) {
@@ -229,17 +252,26 @@ impl Settings {
         let mut outcome =
             self.route_extracted(extracted, headers, || facts.cluster_name(), table, pick);
         outcome.stamped = stamped;
+        // A key from where applications do not pass it on goes on in baggage.
+        let carried = match &outcome.extracted.context {
+            RoutingContext::Found {
+                source,
+                key: Some(key),
+                ..
+            } if stamped || !source.propagates() => Some(Cow::Borrowed(key.as_str())),
+            RoutingContext::Named { sandbox, .. } => table.routing_key_of(sandbox),
+            _ => None,
+        };
+        if let Some(key) = carried {
+            edits.push(self.baggage_with_key(headers, &key));
+            counters.insert(Counter::BaggageAdded);
+        }
         if let RoutingContext::Found {
-            source,
-            key: Some(key),
+            source: Source::Query,
             ..
         } = &outcome.extracted.context
         {
-            if stamped || !source.propagates() {
-                edits.push(self.baggage_with_key(headers, key));
-                counters.insert(Counter::BaggageAdded);
-            }
-            if *source == Source::Query && self.query_remove {
+            if self.query_remove {
                 if let Some(path) = headers
                     .path
                     .and_then(|p| without_query_param(p, &self.context.query_param))
@@ -305,7 +337,9 @@ pub fn describe(outcome: &Outcome) -> String {
     };
     match &outcome.extracted.context {
         RoutingContext::Found { .. } if outcome.stamped => text.push_str("; source=origin"),
-        RoutingContext::Found { source, .. } | RoutingContext::Malformed { source, .. } => {
+        RoutingContext::Found { source, .. }
+        | RoutingContext::Named { source, .. }
+        | RoutingContext::Malformed { source, .. } => {
             text.push_str("; source=");
             text.push_str(source.as_str());
         }
@@ -622,6 +656,145 @@ mod tests {
         let by_key = settings(&format!(r#"{{"origin": {{"routing_key": "{KEY}"}}}}"#));
         let p = plan(&by_key, &[(":authority", "backend")], "");
         assert_eq!(counted(&p), ["routed", "baggage_added", "stamped"]);
+    }
+
+    #[test]
+    fn a_cookie_routes_and_is_carried_on_in_baggage_not_forwarded() {
+        let s = settings(r#"{"sources": ["cookie", "baggage"], "debug_header": true}"#);
+        let cookie = format!("theme=dark; sandbox-routing-key={KEY}; sid=\"7\"");
+        let p = plan(&s, &[(":authority", "backend"), ("cookie", &cookie)], "");
+        assert_eq!(
+            p.edits,
+            [
+                set("cookie", "theme=dark; sid=\"7\""),
+                set("baggage", &format!("sandbox-routing-key={KEY}")),
+                set("x-envoy-original-dst-host", "10.0.0.8:8080"),
+                set("x-sandbox-router-route", "1"),
+            ]
+        );
+        assert_eq!(counted(&p), ["routed", "baggage_added"]);
+        assert_eq!(
+            p.debug.as_deref(),
+            Some("routed; source=cookie; service=backend; endpoint=10.0.0.8:8080")
+        );
+        // Forwarded when configured; the only cookie removed leaves no header.
+        let forward = settings(r#"{"sources": ["cookie"], "cookie": {"forward": true}}"#);
+        let p = plan(
+            &forward,
+            &[(":authority", "backend"), ("cookie", &cookie)],
+            "",
+        );
+        assert!(!p
+            .edits
+            .iter()
+            .any(|e| e == &set("cookie", "theme=dark; sid=\"7\"")));
+        let only = format!("sandbox-routing-key={KEY}");
+        let p = plan(&s, &[(":authority", "backend"), ("cookie", &only)], "");
+        assert_eq!(p.edits[0], remove("cookie"));
+        // Off unless listed: the cookie is nobody's business.
+        let p = plan(
+            &settings(""),
+            &[(":authority", "backend"), ("cookie", &cookie)],
+            "",
+        );
+        assert!(p.edits.is_empty());
+        assert_eq!(counted(&p), ["baseline.no_context"]);
+    }
+
+    #[test]
+    fn a_preview_host_names_the_sandbox_whose_key_goes_on() {
+        let s = settings(
+            r#"{"sources": ["preview-host", "baggage"], "preview_host": "{sandbox}.preview.example.com",
+                "destination": {"from": "cluster_name"}, "debug_header": true}"#,
+        );
+        struct Cluster;
+        impl RequestFacts for Cluster {
+            fn source_address(&self) -> Option<Vec<u8>> {
+                None
+            }
+            fn cluster_name(&self) -> Option<Vec<u8>> {
+                Some(b"backend".to_vec())
+            }
+        }
+        let route = |host: &str| {
+            let scanned = s.scan([(":authority", host.as_bytes())]);
+            s.plan(&scanned, &Cluster, &table(), 0)
+        };
+        let p = route("S1.Preview.Example.com:443");
+        assert_eq!(counted(&p), ["routed", "baggage_added"]);
+        assert_eq!(
+            p.edits[0],
+            set("baggage", &format!("sandbox-routing-key={KEY}"))
+        );
+        assert_eq!(
+            p.debug.as_deref(),
+            Some("routed; source=preview-host; service=backend; endpoint=10.0.0.7:8080")
+        );
+        let p = route("gone.preview.example.com");
+        assert_eq!(counted(&p), ["baseline.unknown_key"]);
+        assert!(p.edits.is_empty());
+        for other in [
+            "preview.example.com",
+            "a.b.preview.example.com",
+            "s1.preview.example.org",
+        ] {
+            assert_eq!(counted(&route(other)), ["baseline.no_context"], "{other}");
+        }
+    }
+
+    #[test]
+    fn the_edge_trusts_a_credential_cookie_and_never_forwards_it() {
+        // printf %s c | sha256sum
+        let s = settings(
+            r#"{"sources": ["cookie", "preview-host"], "preview_host": "{sandbox}.preview.example.com",
+                "edge": {"credential_cookie": "sr-credential",
+                         "credential_sha256": ["2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6"]}}"#,
+        );
+        let cookie = format!("sandbox-routing-key={KEY}; sr-credential=c; a=1");
+        let trusted = plan(
+            &s,
+            &[(":authority", "backend"), ("cookie", &cookie)],
+            "203.0.113.9",
+        );
+        assert_eq!(trusted.edits[0], set("cookie", "a=1"));
+        assert_eq!(counted(&trusted), ["routed", "baggage_added"]);
+        let wrong = format!("sandbox-routing-key={KEY}; sr-credential=d; a=1");
+        let untrusted = plan(
+            &s,
+            &[(":authority", "backend"), ("cookie", &wrong)],
+            "203.0.113.9",
+        );
+        assert_eq!(untrusted.edits, [set("cookie", "a=1")]);
+        assert_eq!(counted(&untrusted), ["baseline.untrusted"]);
+        // A preview host from an untrusted browser: nothing to remove, still untrusted.
+        let host = plan(
+            &s,
+            &[(":authority", "s1.preview.example.com")],
+            "203.0.113.9",
+        );
+        assert!(host.edits.is_empty());
+        assert_eq!(counted(&host), ["baseline.untrusted"]);
+        let host = plan(
+            &s,
+            &[
+                (":authority", "s1.preview.example.com"),
+                ("cookie", "sr-credential=c"),
+            ],
+            "203.0.113.9",
+        );
+        assert_eq!(
+            host.edits,
+            [
+                remove("cookie"),
+                set("baggage", &format!("sandbox-routing-key={KEY}"))
+            ]
+        );
+        // Trusted by the cookie: the host's sandbox key goes on (this
+        // edge names services by authority, and has no fork for the host).
+        assert_eq!(
+            counted(&host),
+            ["baseline.no_fork_for_service", "baggage_added"]
+        );
     }
 
     #[test]
