@@ -11,7 +11,8 @@
 //! Both Envoys run the shipped `envoy-config/sidecar.yaml`: the sidecar with
 //! the shipped `filter-config.json`, the edge with `filter-config-edge.json`
 //! (edge mode: routing context only with the testers' credential). The apps
-//! propagate the tracing context; sandboxes are created with the real CLI. Every answer is checked, and the demo exits
+//! answer HTTP and gRPC (h2c) and propagate the tracing context, in headers
+//! and in gRPC metadata; sandboxes are created with the real CLI. Every answer is checked, and the demo exits
 //! non-zero if one lands anywhere unexpected. Everything it starts stops when
 //! it ends, or on Ctrl-C.
 
@@ -56,7 +57,8 @@ async fn run() -> Result<()> {
     println!("  client ──► edge Envoy ──► frontend ──► frontend's sidecar Envoy ──► backend");
     println!("  Both Envoys run the sandbox-router filter; the control service pushes the routing table to both.");
     println!("  The edge Envoy is in edge mode: it honours routing context only from requests with the testers' credential.");
-    println!("  The apps pass the tracing context (baggage etc.) on to the calls they make, as instrumented apps do.\n");
+    println!("  The apps pass the tracing context (baggage etc.) on to the calls they make, as instrumented apps do.");
+    println!("  They answer HTTP/1.1 and gRPC (HTTP/2 without TLS); a gRPC call to the frontend makes a gRPC call to the backend.\n");
     let mut demo = Demo::start().await?;
     let backend_v2 = demo._services[1].addr();
     let frontend_v2 = demo._services[3].addr();
@@ -124,6 +126,28 @@ async fn run() -> Result<()> {
         "Overrides protobuf in x-ot-span-context (Lyft style)",
         &lines,
         "frontend/baseline -> backend/backend-v2",
+    )
+    .await?;
+
+    step("gRPC: Echo calls to the frontend with the routing key in their baggage metadata; the frontend calls the backend over gRPC through its sidecar, passing the metadata on.");
+    let key_metadata = [("baggage", baggage.clone())];
+    demo.grpc_say(
+        "gRPC Echo/Say, routing key in baggage metadata",
+        &key_metadata,
+        "frontend/baseline -> backend/backend-v2",
+    )
+    .await?;
+    demo.grpc_count(
+        "gRPC Echo/Count (server streaming, 3 answers), routing key in baggage metadata",
+        &key_metadata,
+        3,
+        "frontend/baseline -> backend/backend-v2",
+    )
+    .await?;
+    demo.grpc_say(
+        "gRPC Echo/Say, no routing context",
+        &[] as &[(&str, &str)],
+        "frontend/baseline -> backend/baseline",
     )
     .await?;
 
@@ -363,13 +387,88 @@ impl Demo {
             refs.push((CREDENTIAL_HEADER, self.credential.as_bytes()));
         }
         let reply = get_via(&self.http, self.edge_listener, "frontend", &refs).await?;
-        let served = reply.served_by();
+        self.report(what, headers, &reply.served_by(), expect);
+        Ok(reply)
+    }
+
+    /// A gRPC `Echo/Say` to the frontend through the edge, as a tester.
+    async fn grpc_say<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        what: &str,
+        metadata: &[(N, V)],
+        expect: &str,
+    ) -> Result<()> {
+        let client = self.grpc_client()?;
+        let refs = self.as_tester(metadata);
+        let served = match testbed::grpc::say(&client, &refs).await {
+            Ok(answer) => answer.chain(),
+            Err(e) => format!("error: {e}"),
+        };
+        self.report(what, metadata, &served, expect);
+        Ok(())
+    }
+
+    /// A gRPC `Echo/Count` of `n` answers to the frontend through the edge,
+    /// as a tester; every answer must come from `expect`.
+    async fn grpc_count<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        what: &str,
+        metadata: &[(N, V)],
+        n: u32,
+        expect: &str,
+    ) -> Result<()> {
+        let client = self.grpc_client()?;
+        let refs = self.as_tester(metadata);
+        let served = match testbed::grpc::count(&client, &refs, n).await {
+            Ok(answers) if answers.len() == n as usize => {
+                let mut chains: Vec<String> = answers.iter().map(|a| a.chain()).collect();
+                chains.dedup();
+                match chains.as_slice() {
+                    [one] => format!("{one} (x{n})"),
+                    _ => chains.join(" | "),
+                }
+            }
+            Ok(answers) => format!("{} answers instead of {n}", answers.len()),
+            Err(e) => format!("error: {e}"),
+        };
+        self.report(what, metadata, &served, &format!("{expect} (x{n})"));
+        Ok(())
+    }
+
+    fn grpc_client(
+        &self,
+    ) -> Result<testbed::echo_proto::echo_client::EchoClient<testbed::grpc::Channel>> {
+        testbed::grpc_client(&format!("http://{}", self.edge_listener), "frontend")
+    }
+
+    /// `metadata` plus the testers' edge credential, as byte values.
+    fn as_tester<'a, N: AsRef<str>, V: AsRef<str>>(
+        &'a self,
+        metadata: &'a [(N, V)],
+    ) -> Vec<(&'a str, &'a [u8])> {
+        let mut refs: Vec<(&str, &[u8])> = metadata
+            .iter()
+            .map(|(n, v)| (n.as_ref(), v.as_ref().as_bytes()))
+            .collect();
+        refs.push((CREDENTIAL_HEADER, self.credential.as_bytes()));
+        refs
+    }
+
+    /// Prints one checked answer (what was sent, who answered, ok or
+    /// UNEXPECTED) and counts an unexpected one.
+    fn report<N: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        what: &str,
+        metadata: &[(N, V)],
+        served: &str,
+        expect: &str,
+    ) {
         let verdict = if served == expect { "ok" } else { "UNEXPECTED" };
         if served != expect {
             self.unexpected += 1;
         }
         println!("  {what}");
-        for (name, value) in headers {
+        for (name, value) in metadata {
             println!(
                 "      {}: {}",
                 name.as_ref() as &str,
@@ -377,7 +476,6 @@ impl Demo {
             );
         }
         println!("    -> {served}  [{verdict}]\n");
-        Ok(reply)
     }
 
     /// Polls until a request with `key` is answered by `expect`; returns how long it took.
@@ -439,6 +537,8 @@ fn format_name(format: Source) -> &'static str {
         Source::Uberctx => "uberctx-* (Jaeger)",
         Source::Tracestate => "W3C tracestate, with a valid traceparent",
         Source::XOtSpanContext => "x-ot-span-context (OpenTracing binary carrier, base64)",
+        // Sources the demo does not send (they are off unless configured).
+        other => other.as_str(),
     }
 }
 

@@ -26,5 +26,10 @@ fn demo_runs_and_every_request_lands_where_expected() {
         stdout.contains("Table version 3; 2 proxies connected."),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("[ok]").count(), 15, "{stdout}");
+    // The gRPC hop: unary and server-streaming, to the sandbox and the baseline.
+    assert!(
+        stdout.contains("-> frontend/baseline -> backend/backend-v2 (x3)  [ok]"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("[ok]").count(), 18, "{stdout}");
 }

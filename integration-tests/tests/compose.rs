@@ -593,4 +593,27 @@ async fn compose_envoy_configs_route_the_demo_requests() {
         .await
         .unwrap();
     assert_eq!(plain.served_by(), "frontend/baseline -> backend/baseline");
+
+    // The same over gRPC: the demo services answer `Echo/Say` too, and the
+    // frontend calls the backend over gRPC, passing the metadata on.
+    let grpc = testbed::grpc_client(&format!("http://{edge_listener}"), "frontend").unwrap();
+    for (metadata, expected) in [
+        (&as_tester[..], "frontend/baseline -> backend/backend-v2"),
+        (&as_tester[..1], "frontend/baseline -> backend/baseline"),
+        (&[][..], "frontend/baseline -> backend/baseline"),
+    ] {
+        let mut call = tonic::Request::new(testbed::echo_proto::SayRequest::default());
+        for (name, value) in metadata {
+            call.metadata_mut().insert(
+                tonic::metadata::MetadataKey::from_bytes(name.as_bytes()).unwrap(),
+                tonic::metadata::MetadataValue::try_from(*value).unwrap(),
+            );
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), grpc.clone().say(call))
+            .await
+            .unwrap()
+            .unwrap_or_else(|s| panic!("{expected}: {s:?}"))
+            .into_inner();
+        assert_eq!(answer.chain(), expected);
+    }
 }

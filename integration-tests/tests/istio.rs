@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use testbed::echo_proto::SayRequest;
 use testbed::{poll_until, render, workspace_root, ControlService, EchoService, Envoy};
+use tonic::metadata::MetadataValue;
 
 const IMAGE: &str = "ghcr.io/example/sandbox-router-filter:0.1.0";
 const CONTROL_IMAGE: &str = "ghcr.io/example/sandbox-router:0.1.0";
@@ -224,6 +226,9 @@ fn kubernetes_resources_validate_against_the_kubernetes_api_schemas() {
 
 /// Envoy's configuration for one sidecar as istiod would generate it from
 /// the manifests: `backend.default` on port 8080, baseline at `baseline`.
+/// The port is unnamed, so istiod sniffs its protocol and gives the service's
+/// cluster the caller's protocol (`setUpstreamProtocol`: use_downstream_protocol_config
+/// for sidecars; a port named `grpc`/`http2` gets HTTP/2, one named `http` HTTP/1.1).
 fn istio_shaped_envoy(files: &[(String, String)], baseline: u16, control: u16) -> String {
     let all: Vec<Value> = files.iter().flat_map(|(_, text)| documents(text)).collect();
     let plugin = &find(&all, "WasmPlugin")["spec"];
@@ -284,6 +289,12 @@ fn istio_shaped_envoy(files: &[(String, String)], baseline: u16, control: u16) -
         "name": service_cluster,
         "type": "STATIC",
         "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "use_downstream_protocol_config": { "http_protocol_options": {}, "http2_protocol_options": {} },
+            },
+        },
         "load_assignment": {
             "cluster_name": service_cluster,
             "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
@@ -401,4 +412,25 @@ async fn what_istiod_makes_of_the_manifests_routes_in_a_real_envoy() {
     .await
     .unwrap();
     assert_eq!(spoofed.served_by(), "backend/baseline");
+
+    // gRPC (h2c) through the same patches: the ORIGINAL_DST cluster speaks
+    // the caller's protocol to the sandbox, as istiod's cluster does to the baseline.
+    let grpc = testbed::grpc_client(&format!("http://{listener}"), "backend:8080").unwrap();
+    for (metadata, expected) in [
+        (Some(baggage.as_str()), "backend/feature-x"),
+        (None, "backend/baseline"),
+    ] {
+        let mut call = tonic::Request::new(SayRequest::default());
+        if let Some(value) = metadata {
+            call.metadata_mut()
+                .insert("baggage", MetadataValue::try_from(value).unwrap());
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), grpc.clone().say(call))
+            .await
+            .unwrap()
+            .unwrap_or_else(|s| panic!("{expected}: {s:?}\n{}", envoy.log_tail()))
+            .into_inner();
+        assert_eq!(answer.chain(), expected);
+        assert_eq!(answer.http_version, "HTTP/2.0");
+    }
 }
