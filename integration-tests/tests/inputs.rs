@@ -260,3 +260,154 @@ async fn a_sidecar_whose_sandbox_is_not_in_the_table_stamps_nothing() {
         counts(&[("baseline.no_context", 1), ("origin_unknown", 1)])
     );
 }
+
+#[tokio::test]
+async fn a_routing_cookie_routes_goes_on_in_baggage_and_is_not_forwarded() {
+    let sidecar = sidecar_with(serde_json::json!({ "sources": ["cookie", "baggage"] })).await;
+    let cookie = format!("theme=dark; sandbox-routing-key={KEY_X}; sid=7");
+    let before = stats(&sidecar).await;
+    let reply = get(&sidecar, "backend", "/", &[("cookie", cookie.as_bytes())]).await;
+    assert_eq!(reply.served_by(), "backend/feature-x");
+    assert_eq!(
+        received(&reply, "cookie").as_deref(),
+        Some("theme=dark; sid=7")
+    );
+    assert_eq!(
+        received(&reply, "baggage").as_deref(),
+        Some(format!("sandbox-routing-key={KEY_X}").as_str())
+    );
+    assert_eq!(
+        moved(&stats(&sidecar).await, &before),
+        counts(&[("routed", 1), ("baggage_added", 1)])
+    );
+    // Only our cookie: no cookie header reaches the service at all.
+    let only = format!("sandbox-routing-key={KEY_X}");
+    let reply = get(&sidecar, "backend", "/", &[("cookie", only.as_bytes())]).await;
+    assert_eq!(received(&reply, "cookie"), None);
+
+    let forwarding = sidecar_with(serde_json::json!({
+        "sources": ["cookie"], "cookie": { "name": "sr", "forward": true }
+    }))
+    .await;
+    let cookie = format!("sr={KEY_X}; a=1");
+    let reply = get(
+        &forwarding,
+        "backend",
+        "/",
+        &[("cookie", cookie.as_bytes())],
+    )
+    .await;
+    assert_eq!(reply.served_by(), "backend/feature-x");
+    assert_eq!(received(&reply, "cookie").as_deref(), Some(cookie.as_str()));
+}
+
+#[tokio::test]
+async fn at_the_edge_a_credential_cookie_trusts_a_browser_and_never_goes_on() {
+    // printf %s edge-test-credential | sha256sum
+    const DIGEST: &str = "ddc2f476680df110381d8e491ed107296a7bf6ceaf5a6047f43954f568a0179e";
+    let sidecar = sidecar_with(serde_json::json!({
+        "sources": ["cookie", "baggage"],
+        "edge": { "credential_cookie": "sr-credential", "credential_sha256": [DIGEST] }
+    }))
+    .await;
+    let trusted = format!("sandbox-routing-key={KEY_X}; sr-credential=edge-test-credential; a=1");
+    let reply = get(&sidecar, "backend", "/", &[("cookie", trusted.as_bytes())]).await;
+    assert_eq!(reply.served_by(), "backend/feature-x");
+    assert_eq!(received(&reply, "cookie").as_deref(), Some("a=1"));
+
+    let before = stats(&sidecar).await;
+    let untrusted = format!("sandbox-routing-key={KEY_X}; sr-credential=guess; a=1");
+    let reply = get(
+        &sidecar,
+        "backend",
+        "/",
+        &[("cookie", untrusted.as_bytes())],
+    )
+    .await;
+    assert_eq!(reply.served_by(), "backend/baseline");
+    assert_eq!(received(&reply, "cookie").as_deref(), Some("a=1"));
+    assert_eq!(received(&reply, "baggage"), None);
+    assert_eq!(
+        moved(&stats(&sidecar).await, &before),
+        counts(&[("baseline.untrusted", 1)])
+    );
+}
+
+/// The edge names services by cluster (`frontend_baseline` -> `frontend`):
+/// a preview host names the sandbox, not the service.
+fn preview_config(extra: serde_json::Value) -> serde_json::Value {
+    let mut config = serde_json::json!({
+        "sources": ["preview-host", "baggage"],
+        "preview_host": "{sandbox}.preview.example.com",
+        "destination": { "from": "cluster_name", "strip_suffixes": ["_baseline"] }
+    });
+    if let (Some(base), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        base.extend(extra.clone());
+    }
+    config
+}
+
+#[tokio::test]
+async fn a_preview_host_routes_by_the_key_of_the_sandbox_it_names() {
+    let sidecar = sidecar_with(preview_config(serde_json::json!({}))).await;
+    let before = stats(&sidecar).await;
+    // frontend-y forks frontend: routed, and the key goes on.
+    let reply = get(&sidecar, "frontend-y.preview.example.com", "/", &[]).await;
+    assert_eq!(reply.served_by(), "frontend/frontend-y");
+    assert_eq!(
+        received(&reply, "baggage").as_deref(),
+        Some(format!("sandbox-routing-key={KEY_Y}").as_str())
+    );
+    assert!(reply
+        .decision
+        .as_deref()
+        .unwrap()
+        .starts_with("routed; source=preview-host; service=frontend;"));
+    // feature-x forks backend only: the front end's baseline, with the key for its call to backend.
+    let reply = get(&sidecar, "Feature-X.preview.example.com", "/", &[]).await;
+    assert_eq!(reply.served_by(), "frontend/baseline");
+    assert_eq!(
+        received(&reply, "baggage").as_deref(),
+        Some(format!("sandbox-routing-key={KEY_X}").as_str())
+    );
+    let reply = get(&sidecar, "nosuch.preview.example.com", "/", &[]).await;
+    assert_eq!(reply.served_by(), "frontend/baseline");
+    assert_eq!(received(&reply, "baggage"), None);
+    assert_eq!(
+        moved(&stats(&sidecar).await, &before),
+        counts(&[
+            ("routed", 1),
+            ("baseline.no_fork_for_service", 1),
+            ("baseline.unknown_key", 1),
+            ("baggage_added", 2)
+        ])
+    );
+}
+
+#[tokio::test]
+async fn at_the_edge_a_preview_host_needs_trust() {
+    // printf %s edge-test-credential | sha256sum
+    const DIGEST: &str = "ddc2f476680df110381d8e491ed107296a7bf6ceaf5a6047f43954f568a0179e";
+    let sidecar = sidecar_with(preview_config(serde_json::json!({
+        "edge": { "credential_cookie": "sr-credential", "credential_sha256": [DIGEST] }
+    })))
+    .await;
+    let before = stats(&sidecar).await;
+    let reply = get(&sidecar, "frontend-y.preview.example.com", "/", &[]).await;
+    assert_eq!(reply.served_by(), "frontend/baseline");
+    assert_eq!(received(&reply, "baggage"), None);
+    assert_eq!(
+        moved(&stats(&sidecar).await, &before),
+        counts(&[("baseline.untrusted", 1)])
+    );
+    // A browser with the credential cookie (what a tester sets once).
+    let reply = get(
+        &sidecar,
+        "frontend-y.preview.example.com",
+        "/",
+        &[("cookie", b"sr-credential=edge-test-credential")],
+    )
+    .await;
+    assert_eq!(reply.served_by(), "frontend/frontend-y");
+    assert_eq!(received(&reply, "cookie"), None);
+}

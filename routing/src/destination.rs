@@ -42,10 +42,12 @@ pub struct Destination {
 impl Destination {
     pub fn compile(spec: DestinationSpec) -> Result<Self, ConfigError> {
         for (i, suffix) in spec.strip_suffixes.iter().enumerate() {
-            if !suffix.strip_prefix('.').is_some_and(is_valid_service_name) {
+            // `.svc.cluster.local` of a host; `_baseline` of a cluster name.
+            let rest = suffix.strip_prefix(['.', '_', '-']);
+            if !rest.is_some_and(is_valid_service_name) {
                 return Err(ConfigError::new(
                     format!("destination.strip_suffixes[{i}]"),
-                    "must start with '.' and be a lowercase DNS suffix",
+                    "must start with '.', '_' or '-' and then be a lowercase name (a-z 0-9 . _ -)",
                 ));
             }
         }

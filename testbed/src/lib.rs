@@ -25,7 +25,8 @@ pub use grpc::{grpc_client, proto as echo_proto};
 pub use render::render;
 pub use sidecar::{
     get_path_via, get_via, sidecar_config, sidecar_config_with_sync, wait_for_filter, Reply,
-    Sidecar, SidecarOptions, SidecarPorts, DEFAULT_SYNC_CONFIG, SHIPPED_FAILURE_POLICY,
+    Sidecar, SidecarOptions, SidecarPorts, DEFAULT_SYNC_CONFIG, PREVIEW_DOMAIN,
+    SHIPPED_FAILURE_POLICY,
 };
 
 /// The workspace root (parent of this crate).

@@ -265,8 +265,7 @@ impl Sidecar {
         ]);
         command.arg("--config").arg(explain.config.path());
         command.args(["--service", host, "--path", path]);
-        // sidecar.yaml routes `HOST` to the cluster `HOST_baseline`.
-        command.args(["--cluster", &format!("{host}_baseline")]);
+        command.args(["--cluster", &baseline_cluster(host)]);
         if let Some(control) = explain.control {
             command.args(["--server", &format!("http://{control}")]);
         }
@@ -418,6 +417,20 @@ pub async fn get_path_via(
         echo: serde_json::from_slice(&body).ok(),
         decision,
     })
+}
+
+/// The example preview domain of `envoy-config/sidecar.yaml`'s front end.
+pub const PREVIEW_DOMAIN: &str = ".preview.example.com";
+
+/// The cluster `envoy-config/sidecar.yaml` routes `host` to: `HOST_baseline`,
+/// and `frontend_baseline` for a preview host.
+fn baseline_cluster(host: &str) -> String {
+    let name = host.split(':').next().unwrap_or(host);
+    if name.ends_with(PREVIEW_DOMAIN) {
+        "frontend_baseline".to_owned()
+    } else {
+        format!("{name}_baseline")
+    }
 }
 
 /// The filter configuration with `debug_header` on, unless it says otherwise.
