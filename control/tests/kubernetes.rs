@@ -239,7 +239,65 @@ fn with_ready(mut pod: Value, ready: bool) -> Value {
 }
 
 const FEATURE_X_READY: &str = "backend-feature-x-7c9d5b6f4-x2k8p";
+/// Carries a stale routing-key annotation and another one in the fixture.
 const FEATURE_X_UNREADY: &str = "backend-feature-x-7c9d5b6f4-q7w3n";
+/// Labelled for feature-x but also sandbox-router.io/baseline.
+const BASELINE_COPY: &str = "backend-copy-5f8e7d6c9-m4n5b";
+/// Carries frontend-y's key already in the fixture.
+const FRONTEND_Y_POD: &str = "backend-frontend-y-6d5c4b3a2-z9y8x";
+
+/// The routing-key annotation of pod shop/`name` as stored.
+fn pod_key(server: &MockApiServer, name: &str) -> Option<String> {
+    server.get(Kind::Pod, "shop", name)?["metadata"]["annotations"]
+        [reconcile::ROUTING_KEY_ANNOTATION]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Waits until pod shop/`name` carries `key` (`None`: no routing-key annotation).
+async fn until_pod_key(server: &MockApiServer, name: &str, key: Option<&str>) {
+    eventually(&format!("pod {name} annotated {key:?}"), || {
+        (pod_key(server, name).as_deref() == key).then_some(())
+    })
+    .await;
+}
+
+/// The PATCHes of pod shop/`name`, in order: the value each set (`None`: removed).
+fn pod_patches(server: &MockApiServer, name: &str) -> Vec<Option<String>> {
+    server
+        .patches()
+        .into_iter()
+        .filter(|p| p.namespace == "shop" && p.name == name)
+        .map(|p| {
+            p.body["metadata"]["annotations"][reconcile::ROUTING_KEY_ANNOTATION]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Returns once every reconciliation the controller began before the call
+/// is over (pod writes included): it creates Sandbox `barrier-N` and waits
+/// for its status, which only a pass begun after the call can write, and
+/// passes run one at a time.
+async fn barrier(server: &MockApiServer, n: u32) {
+    let mut sandbox = sandbox("shop", "backend-alt");
+    sandbox["metadata"] = json!({ "name": format!("barrier-{n}"), "namespace": "barrier" });
+    sandbox["spec"] = json!({
+        "routingKey": format!("barrier-{n}-key"),
+        "forks": [{ "service": "barrier", "endpoints": ["10.20.0.99:80"] }],
+    });
+    server.apply(Kind::Sandbox, sandbox);
+    until_condition(
+        server,
+        Kind::Sandbox,
+        "barrier",
+        &format!("barrier-{n}"),
+        "True",
+        "Routed",
+    )
+    .await;
+}
 
 #[tokio::test]
 async fn selector_forks_resolve_to_ready_pod_ips_and_minted_keys_are_stored() {
@@ -290,7 +348,7 @@ async fn selector_forks_resolve_to_ready_pod_ips_and_minted_keys_are_stored() {
     let pod_calls: Vec<String> = server
         .requests()
         .into_iter()
-        .filter(|r| r.contains("/pods"))
+        .filter(|r| r.starts_with("GET ") && r.contains("/pods"))
         .collect();
     assert!(!pod_calls.is_empty());
     assert!(
@@ -299,6 +357,147 @@ async fn selector_forks_resolve_to_ready_pod_ips_and_minted_keys_are_stored() {
             .all(|r| r.contains("labelSelector=sandbox-router.io%2Fsandbox")),
         "{pod_calls:?}"
     );
+}
+
+#[tokio::test]
+async fn each_sandboxed_pod_carries_its_sandboxs_routing_key_for_the_downward_api() {
+    let server = fixtures();
+    let _control = start(&server, None).await;
+    let key = stored_key(&server, Kind::Sandbox, "shop", "feature-x").await;
+
+    // The minted key, once stored, on every pod labelled for feature-x,
+    // Ready or not; the unready one had a stale key, which is replaced.
+    until_pod_key(&server, FEATURE_X_READY, Some(&key)).await;
+    until_pod_key(&server, FEATURE_X_UNREADY, Some(&key)).await;
+    barrier(&server, 1).await;
+
+    // Each write is a JSON merge patch of that one annotation, by our field
+    // manager: the pods' other annotations stay.
+    let patches = server.patches();
+    for patch in &patches {
+        assert_eq!(patch.kind, Kind::Pod, "{patch:?}");
+        assert_eq!(patch.content_type, "application/merge-patch+json");
+        assert_eq!(patch.field_manager.as_deref(), Some("sandbox-router"));
+        let value = &patch.body["metadata"]["annotations"][reconcile::ROUTING_KEY_ANNOTATION];
+        assert!(value.is_string() || value.is_null(), "{patch:?}");
+        assert_eq!(
+            patch.body,
+            json!({ "metadata": { "annotations": { reconcile::ROUTING_KEY_ANNOTATION: value } } }),
+        );
+    }
+    assert_eq!(
+        server.get(Kind::Pod, "shop", FEATURE_X_UNREADY).unwrap()["metadata"]["annotations"]
+            ["prometheus.io/scrape"],
+        "true"
+    );
+    // The ready pod had none: one write. The unready one's stale key went
+    // while feature-x had none stored yet, then its key came.
+    assert_eq!(pod_patches(&server, FEATURE_X_READY), [Some(key.clone())]);
+    assert_eq!(
+        pod_patches(&server, FEATURE_X_UNREADY).last(),
+        Some(&Some(key.clone()))
+    );
+    // A pod that carries its key already is not written (frontend-y's fixed
+    // key); a pod labelled sandbox-router.io/baseline never is.
+    assert_eq!(pod_patches(&server, FRONTEND_Y_POD), []);
+    assert_eq!(
+        pod_key(&server, FRONTEND_Y_POD).as_deref(),
+        Some("frontend-y-review")
+    );
+    assert_eq!(pod_patches(&server, BASELINE_COPY), []);
+    assert_eq!(pod_key(&server, BASELINE_COPY), None);
+
+    // Steady state: more passes (the barrier's own) write nothing.
+    barrier(&server, 2).await;
+    assert_eq!(server.patches().len(), patches.len());
+}
+
+#[tokio::test]
+async fn a_new_key_is_rewritten_on_the_pods_and_a_key_no_longer_held_is_removed() {
+    let server = fixtures();
+    let control = start(&server, None).await;
+    let minted = stored_key(&server, Kind::Sandbox, "shop", "feature-x").await;
+    until_pod_key(&server, FEATURE_X_READY, Some(&minted)).await;
+
+    // spec.routingKey edited: the pods get the new key.
+    let mut pinned = server.get(Kind::Sandbox, "shop", "feature-x").unwrap();
+    pinned["spec"]["routingKey"] = json!("feature-x-pinned");
+    server.apply(Kind::Sandbox, pinned);
+    until_pod_key(&server, FEATURE_X_READY, Some("feature-x-pinned")).await;
+    until_pod_key(&server, FEATURE_X_UNREADY, Some("feature-x-pinned")).await;
+    assert!(forks(&control, "feature-x-pinned").is_some());
+    assert_eq!(forks(&control, &minted), None);
+
+    // A Sandbox refused for taking frontend-y's key: a pod of its own that
+    // says that key (a copied manifest) loses it, so it never builds URLs
+    // that reach frontend-y.
+    let mut thief = sandbox("shop", "backend-alt");
+    thief["metadata"]["name"] = json!("thief");
+    thief["metadata"]["uid"] = Value::Null;
+    thief["metadata"]["creationTimestamp"] = json!("2026-01-11T00:00:00Z");
+    thief["spec"] = json!({ "routingKey": "frontend-y-review", "forks": [{ "service": "cart", "endpoints": ["10.20.0.60:80"] }] });
+    server.apply(Kind::Sandbox, thief);
+    until_condition(&server, Kind::Sandbox, "shop", "thief", "False", "Conflict").await;
+    let mut thief_pod = pod(FRONTEND_Y_POD);
+    thief_pod["metadata"]["name"] = json!("cart-thief-1");
+    thief_pod["metadata"]["uid"] = Value::Null;
+    thief_pod["metadata"]["labels"] =
+        json!({ "app": "cart", "sandbox-router.io/sandbox": "thief" });
+    server.apply(Kind::Pod, thief_pod);
+    until_pod_key(&server, "cart-thief-1", None).await;
+    assert_eq!(pod_patches(&server, "cart-thief-1"), [None]);
+
+    // Sandbox deleted: its pods' key goes, their other annotations stay.
+    server.remove(Kind::Sandbox, "shop", "frontend-y");
+    until_pod_key(&server, FRONTEND_Y_POD, None).await;
+    assert_eq!(
+        server.get(Kind::Pod, "shop", FRONTEND_Y_POD).unwrap()["metadata"]["annotations"],
+        json!({ "kubectl.kubernetes.io/restartedAt": "2026-01-10T08:57:30Z" })
+    );
+}
+
+#[tokio::test]
+async fn an_annotation_is_written_once_though_its_watch_event_lags() {
+    let server = fixtures();
+    // The pods' watch events lag behind the writes: the controller's cache
+    // still shows the pods without their key while other changes come in.
+    server.hold_events(Kind::Pod);
+    let _control = start(&server, None).await;
+    let key = stored_key(&server, Kind::Sandbox, "shop", "feature-x").await;
+    until_pod_key(&server, FEATURE_X_READY, Some(&key)).await;
+    barrier(&server, 1).await;
+    barrier(&server, 2).await;
+    assert_eq!(pod_patches(&server, FEATURE_X_READY), [Some(key.clone())]);
+    // The events arrive: still nothing more to write.
+    server.release_events();
+    barrier(&server, 3).await;
+    assert_eq!(pod_patches(&server, FEATURE_X_READY), [Some(key)]);
+}
+
+#[tokio::test]
+async fn a_refused_pod_annotation_is_retried_and_never_stops_the_table() {
+    let server = fixtures();
+    // As with a ClusterRole from before this feature: no patch on pods.
+    server.forbid_patches(true);
+    let control = start(&server, None).await;
+    let key = stored_key(&server, Kind::Sandbox, "shop", "feature-x").await;
+    // The table is the same: feature-x routes by its key.
+    eventually("feature-x routed", || forks(&control, &key)).await;
+    eventually("a refused annotation of feature-x's pod", || {
+        pod_patches(&server, FEATURE_X_READY)
+            .contains(&Some(key.clone()))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(pod_key(&server, FEATURE_X_READY), None);
+
+    // Granted again: the next pass writes it (the retry timer's, at the
+    // latest, when nothing else changes in the cluster).
+    let attempts = server.patches().len();
+    server.forbid_patches(false);
+    until_pod_key(&server, FEATURE_X_READY, Some(&key)).await;
+    until_pod_key(&server, FEATURE_X_UNREADY, Some(&key)).await;
+    assert!(server.patches().len() > attempts);
 }
 
 #[tokio::test]
@@ -1069,6 +1268,75 @@ fn the_examples_keep_sandboxed_pods_out_of_the_baseline_service() {
     assert_eq!(entry.forks[0].endpoints, ["10.1.0.2:8080"]);
 }
 
+#[test]
+fn the_example_sandboxed_pod_reads_its_own_key_through_a_downward_api_volume() {
+    let docs = examples();
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "backend-feature-x")
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    // A downward API volume with the annotation the controller writes (and
+    // the pod's own Sandbox label)...
+    let items_of = |volume: &Value| -> BTreeMap<String, String> {
+        volume["downwardAPI"]["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|item| {
+                (
+                    item["path"].as_str().unwrap().to_owned(),
+                    item["fieldRef"]["fieldPath"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| !items_of(v).is_empty())
+        .expect("a downwardAPI volume");
+    assert_eq!(
+        items_of(volume),
+        BTreeMap::from([
+            (
+                "routing-key".to_owned(),
+                format!(
+                    "metadata.annotations['{}']",
+                    reconcile::ROUTING_KEY_ANNOTATION
+                )
+            ),
+            (
+                "sandbox".to_owned(),
+                format!("metadata.labels['{}']", reconcile::SANDBOX_LABEL)
+            ),
+        ])
+    );
+    // ...mounted whole (a subPath mount never sees the update) where the
+    // comment says, and no env var instead (fixed at container start).
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the volume is mounted");
+    assert!(mount.get("subPath").is_none(), "{mount}");
+    let path = mount["mountPath"].as_str().unwrap();
+    let text = read("envoy-config/kubernetes/examples.yaml");
+    assert!(
+        text.contains(&format!("#   {path}/routing-key\n")),
+        "the comment names the file"
+    );
+    assert!(
+        !container
+            .to_string()
+            .contains(reconcile::ROUTING_KEY_ANNOTATION),
+        "no env var reads the key: {container}"
+    );
+}
+
 #[tokio::test]
 async fn the_rbac_rules_cover_every_call_the_controller_makes() {
     // Drive the controller through minting, status writes and a TTL delete,
@@ -1081,7 +1349,8 @@ async fn the_rbac_rules_cover_every_call_the_controller_makes() {
     expired["spec"] = json!({ "ttlSeconds": 60, "forks": [{ "service": "cart", "endpoints": ["10.20.0.70:80"] }] });
     server.apply(Kind::Sandbox, expired);
     let _control = start(&server, None).await;
-    stored_key(&server, Kind::Sandbox, "shop", "feature-x").await;
+    let key = stored_key(&server, Kind::Sandbox, "shop", "feature-x").await;
+    until_pod_key(&server, FEATURE_X_READY, Some(&key)).await;
     until_condition(
         &server,
         Kind::RouteGroup,
@@ -1152,6 +1421,7 @@ async fn the_rbac_rules_cover_every_call_the_controller_makes() {
         "watch routegroups",
         "list pods",
         "watch pods",
+        "patch pods",
         "update sandboxes/status",
         "update routegroups/status",
         "delete sandboxes",

@@ -4,10 +4,12 @@
 //! to every proxy as one delta, exactly as an API write would.
 //!
 //! Then it writes what changed in the resources' statuses (a minted routing
-//! key, the Routed condition, the resolved endpoints) and deletes Sandboxes
-//! past their TTL. API errors are logged and retried; none of them stops
-//! the table the proxies hold.
+//! key, the Routed condition, the resolved endpoints), puts each Sandbox's
+//! routing key on its pods (annotation [`ROUTING_KEY_ANNOTATION`], for a
+//! downward API volume) and deletes Sandboxes past their TTL. API errors are
+//! logged and retried; none of them stops the table the proxies hold.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use futures::stream::{self, BoxStream};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -25,11 +27,19 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::crd::{Condition, RouteGroup, Sandbox};
-use super::reconcile::{self, SANDBOX_LABEL};
+use super::reconcile::{self, ROUTING_KEY_ANNOTATION, SANDBOX_LABEL};
 use crate::control::{now_ms, Control};
 
-/// How soon a failed status write or delete is tried again.
+/// How soon a failed status write, pod annotation or delete is tried again.
 const RETRY: Duration = Duration::from_secs(5);
+/// The field manager of the pod annotation (the pods' managedFields name it).
+const FIELD_MANAGER: &str = "sandbox-router";
+
+/// A pod annotation written whose watch event has not reached the cache yet:
+/// (namespace, name) -> (the resourceVersion the pod had, the key written).
+/// While the cache still shows that resourceVersion, the write is not
+/// repeated; any newer version of the pod is judged afresh.
+type InFlight = BTreeMap<(String, String), (Option<String>, Option<String>)>;
 
 /// One watch stream's news: the store changed, or the watch failed (and is
 /// retried with backoff by kube's watcher).
@@ -53,16 +63,20 @@ pub async fn run(
     let (sandboxes, sandbox_stream) = watch::<Sandbox>(&client, ns, None, "Sandbox", |_| ());
     let (groups, group_stream) = watch::<RouteGroup>(&client, ns, None, "RouteGroup", |_| ());
     // Only the Sandboxes' pods: the baseline's are never listed. Only their
-    // labels and status are read, so the cache keeps nothing else.
+    // labels, status and routing-key annotation are read, so the cache keeps
+    // nothing else.
     let (pods, pod_stream) = watch::<Pod>(&client, ns, Some(SANDBOX_LABEL), "Pod", |pod| {
         pod.spec = None;
         pod.metadata.managed_fields = None;
-        pod.metadata.annotations = None;
+        if let Some(annotations) = &mut pod.metadata.annotations {
+            annotations.retain(|k, _| k == ROUTING_KEY_ANNOTATION);
+        }
     });
     let mut signals = stream::select_all([sandbox_stream, group_stream, pod_stream]);
     let mut ready = Some(ready);
     let mut wake: Option<Instant> = None;
     let mut store_failed = false;
+    let mut in_flight = InFlight::new();
     loop {
         let timer = async {
             match wake {
@@ -126,6 +140,8 @@ pub async fn run(
             .next_expiry_ms
             .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
         store_failed |= failed;
+        // After that: the first table does not wait for pod annotations.
+        failed |= !annotate_pods(&client, plan.pod_keys, &mut in_flight).await;
         let retry = failed.then(|| Instant::now() + RETRY);
         wake = match (expiry, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -238,6 +254,65 @@ where
         Err(err) => {
             eprintln!(
                 "sandbox-router: kubernetes: writing the status of {kind} {namespace}/{name}: {err}; retrying in {}s",
+                RETRY.as_secs()
+            );
+            false
+        }
+    }
+}
+
+/// Brings each pod's routing-key annotation to its Sandbox's key. False if
+/// a write failed (the next reconcile, at the latest after [`RETRY`], tries
+/// again).
+async fn annotate_pods(
+    client: &Client,
+    pod_keys: Vec<(Arc<Pod>, Option<String>)>,
+    in_flight: &mut InFlight,
+) -> bool {
+    let mut ok = true;
+    let mut written = InFlight::new();
+    for (pod, key) in pod_keys {
+        let id = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let version = (pod.resource_version(), key);
+        // Written already, its watch event still on its way: not again.
+        let pending = in_flight.get(&id) == Some(&version);
+        if pending || annotate(client, &pod, version.1.as_deref()).await {
+            written.insert(id, version);
+        } else {
+            ok = false;
+        }
+    }
+    *in_flight = written;
+    ok
+}
+
+/// Sets (or, with `None`, removes) a pod's routing-key annotation with a JSON
+/// merge patch of that one annotation: the pod's other annotations, labels
+/// and spec are not sent. A patch needs no resourceVersion: it is the same
+/// whatever the pod holds, and the pod's next watch event shows the result.
+async fn annotate(client: &Client, pod: &Pod, key: Option<&str>) -> bool {
+    let name = pod.name_any();
+    let namespace = pod.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let patch =
+        serde_json::json!({ "metadata": { "annotations": { ROUTING_KEY_ANNOTATION: key } } });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match api.patch(&name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => true,
+        // Deleted meanwhile: nothing to write.
+        Err(kube::Error::Api(status)) if status.code == 404 => true,
+        Err(err) => {
+            let hint = match &err {
+                kube::Error::Api(status) if status.code == 403 => {
+                    " (the control service's ServiceAccount needs patch on pods)"
+                }
+                _ => "",
+            };
+            eprintln!(
+                "sandbox-router: kubernetes: writing {ROUTING_KEY_ANNOTATION} on pod {namespace}/{name}: {err}{hint}; retrying in {}s",
                 RETRY.as_secs()
             );
             false

@@ -4,8 +4,8 @@
 //!
 //! - [`crd`]: the resource types; `envoy-config/kubernetes/crds.yaml` is
 //!   generated from them ([`crds_yaml`]).
-//! - [`reconcile`]: resources and pods to the model, statuses and deletes
-//!   (pure).
+//! - [`reconcile`]: resources and pods to the model, statuses, pod
+//!   annotations and deletes (pure).
 //! - [`run`]: the controller, which feeds the model to [`crate::Control`], so
 //!   the push to proxies (versions, deltas, snapshots, status) is the one
 //!   SQLite mode uses. The HTTP API stays up read-only.
@@ -13,7 +13,9 @@
 //! Routing keys: `spec.routingKey` when given; otherwise minted once by the
 //! controller and stored in `status.routingKey` (status subresource), so a
 //! key survives restarts of the control service. A resource routes only
-//! once its key is stored.
+//! once its key is stored. Each Sandbox's pods carry the key it holds as the
+//! annotation [`reconcile::ROUTING_KEY_ANNOTATION`], which a workload reads
+//! through a downward API volume (e.g. for webhook URLs).
 
 mod controller;
 pub mod crd;

@@ -1,6 +1,7 @@
 //! From what the cluster holds (Sandboxes, RouteGroups, Pods) to the model
-//! the proxies get, the statuses to write and the Sandboxes to delete. Pure:
-//! no API calls, so every rule is unit-tested without an API server.
+//! the proxies get, the statuses to write, the pod annotations to change
+//! and the Sandboxes to delete. Pure: no API calls, so every rule is
+//! unit-tested without an API server.
 //!
 //! The model is built with [`Model`]'s own writes, so its validation and
 //! conflict rules are the SQLite mode's. There is no write order to go by,
@@ -34,6 +35,10 @@ pub const BASELINE_LABEL: &str = "sandbox-router.io/baseline";
 /// Put on every Sandbox in the model and into every RouteGroup selector, so
 /// a group only ever selects Sandboxes of its own namespace.
 pub const NAMESPACE_LABEL: &str = "sandbox-router.io/namespace";
+/// The annotation the controller keeps on each pod of a Sandbox (labelled
+/// [`SANDBOX_LABEL`]): the routing key that Sandbox holds, so the workload
+/// can read its own key through a downward API volume (webhook URLs).
+pub const ROUTING_KEY_ANNOTATION: &str = "sandbox-router.io/routing-key";
 /// The condition type in every status.
 pub const ROUTED: &str = "Routed";
 /// The Routed=False reason while a minted key is being stored.
@@ -56,6 +61,11 @@ pub struct Plan {
     /// Resources whose freshly minted key is not stored yet (they route
     /// once it is).
     pub minting: usize,
+    /// Pods whose [`ROUTING_KEY_ANNOTATION`] differs from the key their
+    /// Sandbox holds: the pod as read and the key to write (`None`: remove
+    /// the annotation, the Sandbox holds no key). Pods already right are
+    /// not listed, so a steady state writes nothing.
+    pub pod_keys: Vec<(Arc<Pod>, Option<String>)>,
 }
 
 /// Why a resource is or is not in the table.
@@ -103,7 +113,7 @@ type Holders = BTreeMap<String, String>;
 pub fn plan(
     sandboxes: &[Arc<Sandbox>],
     groups: &[Arc<RouteGroup>],
-    pods: &[Arc<Pod>],
+    all_pods: &[Arc<Pod>],
     now_ms: u64,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -122,7 +132,11 @@ pub fn plan(
         names: Holders::new(),
         keys: Holders::new(),
     };
-    let pods = PodIndex::new(pods);
+    let pods = PodIndex::new(all_pods);
+    // (namespace, Sandbox name) -> the routing key the Sandbox holds: its
+    // own, stored (or fixed by spec.routingKey), claimed by no older
+    // resource. Whether it routes right now (Ready pods) does not matter.
+    let mut held: BTreeMap<(&str, &str), String> = BTreeMap::new();
     // Only the labels some group selects on reach the model: a Sandbox is
     // never refused for labels other tools put on it.
     let selected_keys: BTreeSet<&str> = groups
@@ -156,6 +170,9 @@ pub fn plan(
                         .as_ref()
                         .and_then(|s| s.routing_key.as_deref()),
                 );
+                if let Ok(key) = &claim.key {
+                    held.insert((namespace, name.as_str()), key.clone());
+                }
                 let verdict = match claim.key {
                     Err(verdict) => verdict,
                     Ok(key) => AdmitSandbox {
@@ -268,7 +285,34 @@ pub fn plan(
         }
     }
     plan.next_expiry_ms = plan.model.next_expiry_ms();
+    plan.pod_keys = pod_keys(all_pods, &held);
     plan
+}
+
+/// The pods whose routing-key annotation is not the key their Sandbox
+/// holds. Never a pod carrying [`BASELINE_LABEL`] (it may serve normal
+/// traffic, and it is not the Sandbox's to write on), nor one terminating.
+fn pod_keys(
+    pods: &[Arc<Pod>],
+    held: &BTreeMap<(&str, &str), String>,
+) -> Vec<(Arc<Pod>, Option<String>)> {
+    pods.iter()
+        .filter_map(|pod| {
+            let meta = &pod.metadata;
+            let labels = meta.labels.as_ref()?;
+            let sandbox = labels.get(SANDBOX_LABEL)?;
+            if labels.contains_key(BASELINE_LABEL) || meta.deletion_timestamp.is_some() {
+                return None;
+            }
+            let namespace = meta.namespace.as_deref().unwrap_or_default();
+            let want = held.get(&(namespace, sandbox.as_str()));
+            let has = meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ROUTING_KEY_ANNOTATION));
+            (want != has).then(|| (Arc::clone(pod), want.cloned()))
+        })
+        .collect()
 }
 
 /// True when a TTL is set, valid, and over.
@@ -1083,5 +1127,187 @@ mod tests {
         let gone = super::plan(&[s], &[], &[], created + 60_000);
         assert_eq!(gone.expired.len(), 1);
         assert!(gone.model.entry("ks").is_none());
+    }
+
+    /// `pod(...)` with annotations and, optionally, a deletionTimestamp.
+    fn annotated(pod: &Arc<Pod>, annotations: serde_json::Value, terminating: bool) -> Arc<Pod> {
+        let mut pod = (**pod).clone();
+        pod.metadata.annotations = serde_json::from_value(annotations).unwrap();
+        if terminating {
+            pod.metadata.deletion_timestamp = serde_json::from_value(json!(T3)).unwrap();
+        }
+        Arc::new(pod)
+    }
+
+    /// (pod name, key to write) of a plan's pod annotations.
+    fn pod_writes(plan: &Plan) -> Vec<(String, Option<String>)> {
+        let mut writes: Vec<(String, Option<String>)> = plan
+            .pod_keys
+            .iter()
+            .map(|(p, k)| (p.metadata.name.clone().unwrap(), k.clone()))
+            .collect();
+        writes.sort();
+        writes
+    }
+
+    #[test]
+    fn the_pods_of_a_sandbox_are_annotated_with_the_key_it_holds() {
+        let s = sandbox(
+            "s",
+            T1,
+            "ks",
+            json!({}),
+            json!([{ "service": "backend", "selector": { "matchLabels": { "app": "backend" } }, "port": 8080 }]),
+        );
+        let mine = json!({ "app": "backend", SANDBOX_LABEL: "s" });
+        let unready = pod("unready", "10.0.0.3", mine.clone(), false);
+        let pods = [
+            // Every pod of the Sandbox, Ready or not, selected by a fork or not.
+            pod("ready", "10.0.0.2", mine.clone(), true),
+            unready.clone(),
+            pod(
+                "worker",
+                "10.0.0.7",
+                json!({ "app": "worker", SANDBOX_LABEL: "s" }),
+                true,
+            ),
+            // Right already: no write.
+            annotated(
+                &pod("right", "10.0.0.8", mine.clone(), true),
+                json!({ ROUTING_KEY_ANNOTATION: "ks", "other": "kept" }),
+                false,
+            ),
+            // Wrong: rewritten.
+            annotated(
+                &pod("stale", "10.0.0.9", mine.clone(), true),
+                json!({ ROUTING_KEY_ANNOTATION: "old" }),
+                false,
+            ),
+            // Never: a baseline-labelled pod, a terminating one.
+            pod(
+                "baseline-copy",
+                "10.0.0.4",
+                json!({ "app": "backend", SANDBOX_LABEL: "s", BASELINE_LABEL: "true" }),
+                true,
+            ),
+            annotated(
+                &pod("leaving", "10.0.0.10", mine.clone(), true),
+                json!({}),
+                true,
+            ),
+            // A Sandbox that does not exist: nothing to write, a stale key to remove.
+            pod("orphan", "10.0.0.5", json!({ SANDBOX_LABEL: "t" }), true),
+            annotated(
+                &pod(
+                    "orphan-stale",
+                    "10.0.0.6",
+                    json!({ SANDBOX_LABEL: "t" }),
+                    true,
+                ),
+                json!({ ROUTING_KEY_ANNOTATION: "kt" }),
+                false,
+            ),
+        ];
+        let plan = super::plan(std::slice::from_ref(&s), &[], &pods, 0);
+        let ks = Some("ks".to_owned());
+        assert_eq!(
+            pod_writes(&plan),
+            [
+                ("orphan-stale".to_owned(), None),
+                ("ready".to_owned(), ks.clone()),
+                ("stale".to_owned(), ks.clone()),
+                ("unready".to_owned(), ks.clone()),
+                ("worker".to_owned(), ks.clone()),
+            ]
+        );
+
+        // A Sandbox with no Ready pod holds its key all the same.
+        let plan = plan_of(&s, std::slice::from_ref(&unready));
+        assert_eq!(sandbox_verdict(&plan, "s").0, "NoReadyPods");
+        assert_eq!(pod_writes(&plan), [("unready".to_owned(), ks)]);
+
+        // Another namespace's pod of the same name is not this Sandbox's.
+        let mut elsewhere = (*pod("elsewhere", "10.0.0.11", mine, true)).clone();
+        elsewhere.metadata.namespace = Some("other".into());
+        let plan = plan_of(&s, &[Arc::new(elsewhere)]);
+        assert!(plan.pod_keys.is_empty());
+    }
+
+    #[test]
+    fn a_pod_gets_no_key_its_sandbox_does_not_hold() {
+        let on = |name: &str, key: &str| {
+            annotated(
+                &pod(name, "10.0.0.2", json!({ SANDBOX_LABEL: name }), true),
+                json!({ ROUTING_KEY_ANNOTATION: key }),
+                false,
+            )
+        };
+        // Minting: not stored yet, so not on the pods yet.
+        let mut minting =
+            (*sandbox("minting", T1, "unused", json!({}), fork("a", "10.0.0.1:80"))).clone();
+        minting.spec.routing_key = None;
+        let plan = super::plan(
+            &[Arc::new(minting.clone())],
+            &[],
+            &[pod(
+                "minting",
+                "10.0.0.2",
+                json!({ SANDBOX_LABEL: "minting" }),
+                true,
+            )],
+            0,
+        );
+        assert_eq!(plan.minting, 1);
+        assert!(plan.pod_keys.is_empty());
+        // Stored: on the pods.
+        minting.status = Some(plan.sandbox_statuses[0].1.clone());
+        let key = minting.status.as_ref().unwrap().routing_key.clone();
+        let plan = super::plan(
+            &[Arc::new(minting)],
+            &[],
+            &[pod(
+                "minting",
+                "10.0.0.2",
+                json!({ SANDBOX_LABEL: "minting" }),
+                true,
+            )],
+            0,
+        );
+        assert_eq!(pod_writes(&plan), [("minting".to_owned(), key)]);
+
+        // A key an older Sandbox holds: taken off the younger one's pods,
+        // which must not send the older one's requests.
+        let older = sandbox("older", T1, "shared", json!({}), fork("a", "10.0.0.1:80"));
+        let thief = sandbox("thief", T2, "shared", json!({}), fork("b", "10.0.0.1:80"));
+        let plan = super::plan(
+            &[thief, older],
+            &[],
+            &[on("thief", "shared"), on("older", "shared")],
+            0,
+        );
+        assert_eq!(sandbox_verdict(&plan, "thief").0, "Conflict");
+        assert_eq!(pod_writes(&plan), [("thief".to_owned(), None)]);
+
+        // An invalid spec.routingKey, and a Sandbox past its TTL: no key.
+        let invalid = sandbox(
+            "invalid",
+            T1,
+            "has space",
+            json!({}),
+            fork("a", "10.0.0.1:80"),
+        );
+        let mut expired =
+            (*sandbox("expired", T1, "ke", json!({}), fork("a", "10.0.0.1:80"))).clone();
+        expired.spec.ttl_seconds = Some(1);
+        let plan = super::plan(
+            &[invalid, Arc::new(expired)],
+            &[],
+            &[on("invalid", "has space"), on("expired", "ke")],
+            u64::MAX / 2,
+        );
+        assert_eq!(
+            pod_writes(&plan),
+            [("expired".to_owned(), None), ("invalid".to_owned(), None)]
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! list and watch (resourceVersion, label selectors, newline-delimited watch
 //! events) of sandboxes, routegroups and pods, cluster-wide or namespaced;
 //! PUT of the status subresource (refused with 409 on a stale
-//! resourceVersion); DELETE with a uid precondition. Objects start from the
+//! resourceVersion); PATCH as a JSON merge patch (RFC 7386; a patch that
+//! changes nothing keeps the resourceVersion and sends no event, as the API
+//! server does); DELETE with a uid precondition. Objects start from the
 //! recorded responses in `fixtures/`, and tests change them as the cluster
 //! would ([`MockApiServer::apply`], [`MockApiServer::remove`]); every change
 //! goes to the open watches. It is no API server: no admission, no schema
@@ -78,9 +80,27 @@ struct State {
     requests: Vec<String>,
     /// Status bodies the controller PUT, in order.
     status_writes: Vec<Value>,
+    /// Every PATCH, in order, answered or refused.
+    patches: Vec<PatchRequest>,
+    /// Answer every PATCH with 403 Forbidden (RBAC without `patch`).
+    forbid_patches: bool,
+    /// Watch events of these kinds wait here (a slow watch) until released.
+    held: Option<(Kind, Vec<Change>)>,
     /// Answer the next watch of this kind with 410 Gone (an expired
     /// resourceVersion), as the API server does after compaction.
     gone_once: Vec<Kind>,
+}
+
+/// A PATCH as it arrived.
+#[derive(Clone, Debug)]
+pub struct PatchRequest {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    pub content_type: String,
+    /// The fieldManager query parameter.
+    pub field_manager: Option<String>,
+    pub body: Value,
 }
 
 #[derive(Clone, Default)]
@@ -180,6 +200,33 @@ impl MockApiServer {
         self.lock().status_writes.clone()
     }
 
+    pub fn patches(&self) -> Vec<PatchRequest> {
+        self.lock().patches.clone()
+    }
+
+    /// From now on, every PATCH is refused with 403 (`true`) or served.
+    pub fn forbid_patches(&self, forbid: bool) {
+        self.lock().forbid_patches = forbid;
+    }
+
+    /// Open watches of `kind` get no events until [`Self::release_events`]
+    /// (a watch lagging behind the writes, as it may in a real cluster).
+    pub fn hold_events(&self, kind: Kind) {
+        self.lock().held = Some((kind, Vec::new()));
+    }
+
+    /// Sends the held events, in order, and stops holding.
+    pub fn release_events(&self) {
+        let mut state = self.lock();
+        if let Some((_, changes)) = state.held.take() {
+            for change in &changes {
+                for watcher in &state.watchers {
+                    send(watcher, change);
+                }
+            }
+        }
+    }
+
     /// The next watch of `kind` is answered 410 Gone.
     pub fn expire_next_watch(&self, kind: Kind) {
         self.lock().gone_once.push(kind);
@@ -205,6 +252,12 @@ impl MockApiServer {
             "{method} {}",
             uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
         ));
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let body = request
             .into_body()
             .collect_bytes()
@@ -224,6 +277,14 @@ impl MockApiServer {
                 &name,
                 &body,
             ),
+            (Method::PATCH, Some(name), None) => self.patch(PatchRequest {
+                kind: route.kind,
+                namespace: route.namespace.unwrap_or_default(),
+                name,
+                content_type,
+                field_manager: query.get("fieldManager").cloned(),
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            }),
             (Method::DELETE, Some(name), None) => self.delete(
                 route.kind,
                 &route.namespace.unwrap_or_default(),
@@ -343,6 +404,53 @@ impl MockApiServer {
         json_response(StatusCode::OK, &object)
     }
 
+    fn patch(&self, request: PatchRequest) -> Response<ResponseBody> {
+        let mut state = self.lock();
+        state.patches.push(request.clone());
+        if state.forbid_patches {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "{} \"{}\" is forbidden: User \"system:serviceaccount:sandbox-router:sandbox-router\" cannot patch resource \"{}\" in API group \"\" in the namespace \"{}\"",
+                    request.kind.plural(), request.name, request.kind.plural(), request.namespace
+                ),
+            );
+        }
+        if request.content_type != "application/merge-patch+json" {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "the mock API server takes JSON merge patches only",
+            );
+        }
+        if !request.body.is_object() {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "body is not a JSON object",
+            );
+        }
+        let key = (
+            request.kind,
+            request.namespace.clone(),
+            request.name.clone(),
+        );
+        let Some(stored) = state.objects.get(&key).cloned() else {
+            return status(StatusCode::NOT_FOUND, "NotFound", "not found");
+        };
+        let mut object = stored.clone();
+        merge_patch(&mut object, &request.body);
+        if object == stored {
+            return json_response(StatusCode::OK, &stored);
+        }
+        state.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+        state.objects.insert(key, object.clone());
+        publish(&mut state, request.kind, "MODIFIED", object.clone());
+        json_response(StatusCode::OK, &object)
+    }
+
     fn delete(
         &self,
         kind: Kind,
@@ -369,6 +477,26 @@ impl MockApiServer {
     }
 }
 
+/// RFC 7386: objects merge member by member, null removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(fields) = target {
+        for (name, value) in members {
+            if value.is_null() {
+                fields.remove(name);
+            } else {
+                merge_patch(fields.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
 fn publish(state: &mut State, kind: Kind, event: &'static str, object: Value) {
     let change = Change {
         rv: state.rv,
@@ -377,8 +505,13 @@ fn publish(state: &mut State, kind: Kind, event: &'static str, object: Value) {
         object,
     };
     state.watchers.retain(|w| !w.tx.is_closed());
-    for watcher in &state.watchers {
-        send(watcher, &change);
+    match &mut state.held {
+        Some((held, changes)) if *held == kind => changes.push(change.clone()),
+        _ => {
+            for watcher in &state.watchers {
+                send(watcher, &change);
+            }
+        }
     }
     state.log.push(change);
 }
