@@ -132,6 +132,16 @@ async fn unary_and_streaming_calls_route_by_the_key_in_every_metadata_format() {
             ),
             "{what}"
         );
+        // `sandbox-router explain` plans the same for the call's metadata.
+        sidecar
+            .agrees_with_explain(
+                "backend",
+                "/sandbox_router.echo.v1.Echo/Say",
+                &metadata,
+                decision.as_deref(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         // The routing context reached the sandbox as sent; Envoy's internal
         // routing headers did not.
         for (name, value) in &lines {

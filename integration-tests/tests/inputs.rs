@@ -56,7 +56,7 @@ async fn a_routing_key_in_the_query_routes_only_when_the_source_is_listed() {
     // Carried on in baggage for the next hops; the parameter is kept by default.
     assert_eq!(
         received(&reply, "baggage").as_deref(),
-        Some(format!("userId=alice,sandbox-routing-key={KEY_X}").as_str())
+        Some(format!("sandbox-routing-key={KEY_X},userId=alice").as_str())
     );
     assert_eq!(path(&reply), url);
     assert_eq!(
@@ -185,7 +185,7 @@ async fn a_sandboxs_sidecar_stamps_its_key_into_requests_without_context() {
     assert_eq!(reply.served_by(), "backend/feature-x");
     assert_eq!(
         received(&reply, "baggage").as_deref(),
-        Some(format!("userId=alice,sandbox-routing-key={KEY_X}").as_str())
+        Some(format!("sandbox-routing-key={KEY_X},userId=alice").as_str())
     );
     assert_eq!(
         moved(&stats(&sidecar).await, &before),

@@ -301,18 +301,18 @@ impl Settings {
     }
 
     /// `baggage` carrying `key` under the canonical name, in place of any
-    /// member under one of our key names; the other members are kept.
+    /// member under one of our key names; the other members are kept, after
+    /// ours (so the W3C limits a reader applies never cut it off).
     fn baggage_with_key(&self, headers: &RequestHeaders<'_>, key: &str) -> HeaderEdit {
         let names: Vec<&str> = self.context.keys.iter().map(String::as_str).collect();
         let (kept, _) = edge::kept_members(headers.baggage_lines(), |m| edge::named(m, &names));
         let canonical = names.first().copied().unwrap_or(crate::DEFAULT_KEY);
         // Routing keys need no percent-encoding (`A-Z a-z 0-9 - _`).
-        let member = format!("{canonical}={key}");
-        let mut value = kept.join(&b","[..]);
-        if !value.is_empty() {
+        let mut value = format!("{canonical}={key}").into_bytes();
+        for member in kept {
             value.push(b',');
+            value.extend_from_slice(member);
         }
-        value.extend_from_slice(member.as_bytes());
         HeaderEdit::Replace("baggage".to_owned(), value)
     }
 
@@ -570,7 +570,7 @@ mod tests {
             [
                 set(
                     "baggage",
-                    &format!("userId=alice,sandbox-routing-key={KEY}")
+                    &format!("sandbox-routing-key={KEY},userId=alice")
                 ),
                 set(":path", "/hook?b=2#top"),
             ]
@@ -616,7 +616,7 @@ mod tests {
             [
                 set(
                     "baggage",
-                    &format!("userId=alice,sandbox-routing-key={KEY}")
+                    &format!("sandbox-routing-key={KEY},userId=alice")
                 ),
                 set("x-envoy-original-dst-host", "10.0.0.8:8080"),
                 set("x-sandbox-router-route", "1"),
