@@ -165,3 +165,21 @@ async fn a_trusted_source_keeps_its_routing_context() {
         );
     }
 }
+
+/// The trusted range is matched against the connection's peer: an
+/// `x-forwarded-for` a client writes itself never makes it trusted.
+#[tokio::test]
+async fn a_forged_x_forwarded_for_does_not_make_a_client_trusted() {
+    let sidecar = edge(&["10.0.0.0/8"]).await;
+    let before = stats(&sidecar).await;
+    let reply = sidecar
+        .get(
+            "backend",
+            &[BAGGAGE_KEY_X, ("x-forwarded-for", b"10.9.9.9")],
+        )
+        .await;
+    let moved = moved(&stats(&sidecar).await, &before);
+    let reply = reply.unwrap();
+    assert_eq!(reply.served_by(), "backend/baseline", "{moved:?}");
+    assert_eq!(moved, counts(&[("baseline.untrusted", 1)]));
+}
