@@ -72,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(*source, Source::Baggage);
             assert!(!keys.is_empty() || !overrides.is_empty());
         }
+        RoutingContext::Named { .. } => panic!("only the preview-host source names a sandbox"),
     }
 });
 
