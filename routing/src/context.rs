@@ -506,12 +506,25 @@ impl ContextConfig {
     }
 }
 
+/// A path split as a URL parser does: `/p?a=1#f` -> (`/p`, `a=1`, `#f`). The
+/// fragment starts at the first `#`, and the query at the first `?` before it.
+fn split_path(path: &[u8]) -> (&[u8], Option<&[u8]>, &[u8]) {
+    let (head, fragment) = match path.iter().position(|b| *b == b'#') {
+        Some(at) => path.split_at(at),
+        None => (path, &b""[..]),
+    };
+    match head.iter().position(|b| *b == b'?') {
+        Some(at) => {
+            let (base, query) = head.split_at(at);
+            (base, query.get(1..), fragment)
+        }
+        None => (head, None, fragment),
+    }
+}
+
 /// The `name=value` pairs of a path's query (`/p?a=1&b=2#f`), raw.
 pub(crate) fn query_params(path: Option<&[u8]>) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let query = path
-        .and_then(|p| p.splitn(2, |b| *b == b'?').nth(1))
-        .and_then(|q| q.split(|b| *b == b'#').next())
-        .unwrap_or_default();
+    let query = path.and_then(|p| split_path(p).1).unwrap_or_default();
     query
         .split(|b| *b == b'&')
         .filter(|pair| !pair.is_empty())
@@ -582,14 +595,8 @@ pub(crate) fn without_cookies(lines: &[&[u8]], names: &[&str]) -> Option<HeaderE
 
 /// `path` without the query parameters named `param`; `None` when it has none.
 pub(crate) fn without_query_param(path: &[u8], param: &str) -> Option<Vec<u8>> {
-    let (base, rest) = match path.iter().position(|b| *b == b'?') {
-        Some(at) => (path.get(..at)?, path.get(at + 1..)?),
-        None => return None,
-    };
-    let (query, fragment) = match rest.iter().position(|b| *b == b'#') {
-        Some(at) => (rest.get(..at)?, rest.get(at..)?),
-        None => (rest, &b""[..]),
-    };
+    let (base, query, fragment) = split_path(path);
+    let query = query?;
     let is_ours = |pair: &&[u8]| pair.splitn(2, |b| *b == b'=').next() == Some(param.as_bytes());
     let pairs: Vec<&[u8]> = query
         .split(|b| *b == b'&')

@@ -301,10 +301,17 @@ impl Settings {
     }
 
     /// `baggage` carrying `key` under the canonical name, in place of any
-    /// member under one of our key names; the other members are kept, after
-    /// ours (so the W3C limits a reader applies never cut it off).
+    /// member under one of our names (keys and Overrides: this hop decided
+    /// by `key` alone, and so must the next); the other members are kept,
+    /// after ours (so the W3C limits a reader applies never cut it off).
     fn baggage_with_key(&self, headers: &RequestHeaders<'_>, key: &str) -> HeaderEdit {
-        let names: Vec<&str> = self.context.keys.iter().map(String::as_str).collect();
+        let names: Vec<&str> = self
+            .context
+            .keys
+            .iter()
+            .chain(self.context.overrides_key.as_ref())
+            .map(String::as_str)
+            .collect();
         let (kept, _) = edge::kept_members(headers.baggage_lines(), |m| edge::named(m, &names));
         let canonical = names.first().copied().unwrap_or(crate::DEFAULT_KEY);
         // Routing keys need no percent-encoding (`A-Z a-z 0-9 - _`).
@@ -552,7 +559,7 @@ mod tests {
         let s = settings(
             r#"{"sources": ["query", "baggage"], "query": {"param": "sr", "remove": true}, "debug_header": true}"#,
         );
-        let path = format!("/hook?sr={KEY}&b=2#top");
+        let path = format!("/hook?sr={KEY}&b=2#top?sr=x");
         let other = "zzzzzzzzzzzzzzzzzzzzzzzz";
         let baggage = format!("userId=alice,sandbox-routing-key={other}");
         // Accepted even where the service has no fork: later hops may have one.
@@ -572,7 +579,7 @@ mod tests {
                     "baggage",
                     &format!("sandbox-routing-key={KEY},userId=alice")
                 ),
-                set(":path", "/hook?b=2#top"),
+                set(":path", "/hook?b=2#top?sr=x"),
             ]
         );
         assert_eq!(
@@ -589,6 +596,30 @@ mod tests {
             assert!(p.edits.is_empty(), "{path}");
             assert_eq!(counted(&p), ["baseline.malformed"], "{path}");
         }
+    }
+
+    #[test]
+    fn the_key_carried_on_replaces_all_our_members_and_goes_first() {
+        // Found by the plan fuzz target: Overrides left in baggage beside the
+        // carried key made the next hop read both (here: malformed).
+        let s = settings(r#"{"sources": ["cookie", "baggage"]}"#);
+        let cookie = format!("sandbox-routing-key={KEY}");
+        let p = plan(
+            &s,
+            &[
+                (":authority", "backend"),
+                ("cookie", &cookie),
+                (
+                    "baggage",
+                    "a=1,sandbox-overrides=c,sandbox-routing-key=other",
+                ),
+            ],
+            "",
+        );
+        assert_eq!(
+            p.edits[1],
+            set("baggage", &format!("sandbox-routing-key={KEY},a=1"))
+        );
     }
 
     #[test]
