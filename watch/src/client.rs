@@ -1,0 +1,384 @@
+//! The watch thread: connect, say hello, apply and acknowledge updates,
+//! reconnect with backoff. Mirrors the Wasm singleton (`filter/src/sync.rs`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use sandbox_router_proto::v1::{TableUpdate, WatchRequest};
+use sandbox_router_routing::sync::{ApplyError, Backoff};
+use sandbox_router_routing::RoutingTable;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::Stream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Endpoint;
+use tonic::{Status, Streaming};
+
+use crate::grpc::routing_table_service_client::RoutingTableServiceClient;
+use crate::{Current, Shared, Table, WatchConfig};
+
+/// Largest update accepted. A snapshot of 100,000 routing keys, one fork
+/// each, is about 8 MB; tonic's default limit (4 MiB) would refuse it.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// TCP connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The stream's response headers (the server answers once it read the hello).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings, so a control service that vanished without closing the
+/// connection (host down, partition) is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most updates already received that are applied before the table is swapped in.
+const MAX_BATCH: usize = 256;
+
+/// [`WatchConfig`], checked.
+pub(crate) struct Settings {
+    server: String,
+    node_id: String,
+    endpoint: Endpoint,
+    authorization: Option<AsciiMetadataValue>,
+    initial_backoff_ms: u64,
+    max_backoff_ms: u64,
+}
+
+impl Settings {
+    pub(crate) fn new(config: WatchConfig) -> io::Result<Settings> {
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        if !config.server.starts_with("http://") {
+            return Err(invalid(format!(
+                "server {:?}: must be an http:// URI (plain HTTP/2)",
+                config.server
+            )));
+        }
+        let endpoint = Endpoint::from_shared(config.server.clone())
+            .map_err(|e| invalid(format!("server {:?}: {e}", config.server)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let authorization = config
+            .token
+            .as_deref()
+            .map(|token| {
+                AsciiMetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| invalid("token: must be visible ASCII".to_owned()))
+            })
+            .transpose()?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (initial_backoff_ms, max_backoff_ms) =
+            (ms(config.initial_backoff), ms(config.max_backoff));
+        if initial_backoff_ms == 0 || max_backoff_ms < initial_backoff_ms {
+            return Err(invalid(
+                "backoff: initial_backoff must be at least 1 ms and max_backoff >= initial_backoff"
+                    .to_owned(),
+            ));
+        }
+        Ok(Settings {
+            server: config.server,
+            node_id: config.node_id,
+            endpoint,
+            authorization,
+            initial_backoff_ms,
+            max_backoff_ms,
+        })
+    }
+}
+
+/// How a stream ended.
+enum Ended {
+    /// Out of step (a delta on another version): reconnect now for a snapshot.
+    Resync,
+    /// Could not connect, was refused, or lost the stream: back off.
+    Failed,
+}
+
+/// The watch thread's loop, until `stop` says so.
+pub(crate) async fn run(settings: Settings, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(settings.initial_backoff_ms, settings.max_backoff_ms);
+    log::info!(
+        "sandbox-router watch: node {} watching {}",
+        settings.node_id,
+        settings.server
+    );
+    loop {
+        let ended = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            ended = session(&settings, &shared, &mut backoff) => ended,
+        };
+        let delay = match ended {
+            Ended::Resync => Duration::ZERO,
+            Ended::Failed => Duration::from_millis(backoff.next_delay_ms()),
+        };
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One stream, from connect to its end.
+async fn session(settings: &Settings, shared: &Shared, backoff: &mut Backoff) -> Ended {
+    let channel = match settings.endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(err) => {
+            return failed(
+                shared,
+                format!("cannot connect to {}: {}", settings.server, chain(&err)),
+            )
+        }
+    };
+    let mut client = RoutingTableServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    // The server reads the hello before it answers: it goes first. Then the
+    // latest acknowledgement only: sending never waits for the server to
+    // read, and the last one (what the control service shows) always goes.
+    let hello = WatchRequest {
+        node_id: settings.node_id.clone(),
+        applied_version: shared.current.load().lookup.version(),
+        error: String::new(),
+    };
+    let (acks, outbound) = watch::channel(hello);
+    let mut request = tonic::Request::new(WatchStream::new(outbound));
+    if let Some(authorization) = &settings.authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", authorization.clone());
+    }
+    let mut inbound = match tokio::time::timeout(OPEN_TIMEOUT, client.watch(request)).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => {
+            return failed(
+                shared,
+                format!(
+                    "the control service refused the watch: {}",
+                    describe(&status)
+                ),
+            )
+        }
+        Err(_) => {
+            return failed(
+                shared,
+                format!("no answer to the watch within {OPEN_TIMEOUT:?}"),
+            )
+        }
+    };
+    shared.connected.store(true, Ordering::SeqCst);
+    shared.connects.fetch_add(1, Ordering::SeqCst);
+    shared.last_error.store(None);
+    log::info!(
+        "sandbox-router watch: connected to {} (holding version {})",
+        settings.server,
+        shared.current.load().lookup.version()
+    );
+    shared.notify();
+
+    let mut healthy = false;
+    let ended = loop {
+        let first = inbound.message().await;
+        let mut batch = Vec::new();
+        let mut end = None;
+        match first {
+            Ok(Some(update)) => batch.push(update),
+            other => end = Some(other),
+        }
+        // Whatever else has already arrived goes into the same swap.
+        while end.is_none() && batch.len() < MAX_BATCH {
+            match ready_now(&mut inbound) {
+                None => break,
+                Some(Ok(Some(update))) => batch.push(update),
+                Some(other) => end = Some(other),
+            }
+        }
+        if !batch.is_empty() {
+            if !healthy {
+                // A stream that delivers is a successful connect.
+                backoff.reset();
+                healthy = true;
+            }
+            let (replies, resync) = apply_batch(shared, batch);
+            for reply in replies {
+                // A closed outbound side means the stream is going: the
+                // inbound side reports how.
+                let _ = acks.send(reply);
+            }
+            if resync {
+                break Ended::Resync;
+            }
+        }
+        match end {
+            None => {}
+            Some(Ok(None)) => {
+                shared.set_error("the control service closed the stream".to_owned());
+                break Ended::Failed;
+            }
+            Some(Err(status)) => {
+                shared.set_error(format!("the watch stream failed: {}", describe(&status)));
+                break Ended::Failed;
+            }
+            Some(Ok(Some(_))) => {}
+        }
+    };
+    shared.connected.store(false, Ordering::SeqCst);
+    shared.disconnects.fetch_add(1, Ordering::SeqCst);
+    log::warn!(
+        "sandbox-router watch: stream to {} ended ({}); keeping table version {}",
+        settings.server,
+        shared
+            .last_error
+            .load_full()
+            .map(|e| (*e).clone())
+            .unwrap_or_default(),
+        shared.current.load().lookup.version()
+    );
+    shared.notify();
+    ended
+}
+
+fn failed(shared: &Shared, error: String) -> Ended {
+    log::warn!("sandbox-router watch: {error}");
+    shared.set_error(error);
+    Ended::Failed
+}
+
+/// Applies updates in order onto the table held, swaps the result in once
+/// (and before any reply that names its version), and returns the replies
+/// to send and whether to resync.
+///
+/// A refused update changes nothing and is answered with its error; a delta
+/// out of step stops the batch for a resync (as the singleton, no reply).
+fn apply_batch(shared: &Shared, batch: Vec<TableUpdate>) -> (Vec<WatchRequest>, bool) {
+    let held = Arc::clone(&shared.current.load().lookup);
+    let mut pending: Option<Pending> = None;
+    let mut replies = Vec::new();
+    for update in batch {
+        let base = pending.as_ref().map_or(&*held, |p| &p.table);
+        match base.apply(&update) {
+            Ok(applied) => {
+                let applied_count = pending.as_ref().map_or(0, |p| p.updates) + 1;
+                pending = Some(Pending {
+                    table: applied.table,
+                    compiled: applied.compiled,
+                    updates: applied_count,
+                });
+            }
+            Err(err) => {
+                if let Some(p) = pending.take() {
+                    publish(shared, p);
+                }
+                shared.update_errors.fetch_add(1, Ordering::SeqCst);
+                let version = shared.current.load().lookup.version();
+                if let ApplyError::WrongBase { .. } = err {
+                    log::warn!("sandbox-router watch: {err}; resyncing");
+                    shared.set_error(format!("{err}; resyncing"));
+                    shared.notify();
+                    return (replies, true);
+                }
+                log::error!(
+                    "sandbox-router watch: refused an update, keeping table version {version}: {err}"
+                );
+                shared.set_error(format!("refused an update: {err}"));
+                replies.push(WatchRequest {
+                    node_id: String::new(),
+                    applied_version: version,
+                    error: err.to_string(),
+                });
+                shared.notify();
+            }
+        }
+    }
+    if let Some(p) = pending {
+        if let Some(reply) = publish(shared, p) {
+            replies.push(reply);
+        }
+    }
+    (replies, false)
+}
+
+/// Updates applied onto the table held, not yet swapped in.
+struct Pending {
+    table: Table,
+    /// The last one's compiled table, if it was a snapshot.
+    compiled: Option<RoutingTable>,
+    updates: u64,
+}
+
+/// Swaps `pending` in (with its compiled form, when kept) and returns the
+/// acknowledgement of its version.
+fn publish(shared: &Shared, pending: Pending) -> Option<WatchRequest> {
+    let version = pending.table.version();
+    let compiled = if shared.keep_compiled {
+        // A snapshot's own compile, unless its inner version disagrees.
+        let compiled = match pending.compiled {
+            Some(compiled) if compiled.version() == version => Ok(compiled),
+            _ => pending.table.to_routing_table(),
+        };
+        match compiled {
+            Ok(compiled) => Some(Arc::new(compiled)),
+            Err(err) => {
+                // Every entry was validated on the way in: not expected.
+                shared.update_errors.fetch_add(1, Ordering::SeqCst);
+                shared.set_error(format!("cannot compile version {version}: {err}"));
+                log::error!("sandbox-router watch: cannot compile version {version}: {err}");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    shared.current.store(Arc::new(Current {
+        lookup: Arc::new(pending.table),
+        compiled,
+    }));
+    shared
+        .updates_applied
+        .fetch_add(pending.updates, Ordering::SeqCst);
+    shared.notify();
+    Some(WatchRequest {
+        node_id: String::new(),
+        applied_version: version,
+        error: String::new(),
+    })
+}
+
+impl Shared {
+    fn set_error(&self, error: String) {
+        self.last_error.store(Some(Arc::new(error)));
+    }
+}
+
+/// The next message if one is already here, without waiting.
+fn ready_now(inbound: &mut Streaming<TableUpdate>) -> Option<Result<Option<TableUpdate>, Status>> {
+    let mut context = Context::from_waker(Waker::noop());
+    match Pin::new(inbound).poll_next(&mut context) {
+        Poll::Pending => None,
+        Poll::Ready(Some(Ok(update))) => Some(Ok(Some(update))),
+        Poll::Ready(Some(Err(status))) => Some(Err(status)),
+        Poll::Ready(None) => Some(Ok(None)),
+    }
+}
+
+fn describe(status: &Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    }
+}
+
+/// An error with its causes (tonic's transport errors say little at the top).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
