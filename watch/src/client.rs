@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most updates already received that are applied before the table is swapped in.
 const MAX_BATCH: usize = 256;
+/// How often replaced tables that no reader holds any more are freed.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// [`WatchConfig`], checked.
 pub(crate) struct Settings {
@@ -105,6 +107,16 @@ pub(crate) async fn run(settings: Settings, shared: Arc<Shared>, mut stop: watch
         settings.node_id,
         settings.server
     );
+    tokio::spawn({
+        let shared = Arc::clone(&shared);
+        async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                shared.sweep();
+            }
+        }
+    });
     loop {
         let ended = tokio::select! {
             biased;
@@ -178,7 +190,7 @@ async fn session(settings: &Settings, shared: &Shared, backoff: &mut Backoff) ->
     );
     shared.notify();
 
-    let mut healthy = false;
+    let mut applied_any = false;
     let ended = loop {
         let first = inbound.message().await;
         let mut batch = Vec::new();
@@ -196,19 +208,25 @@ async fn session(settings: &Settings, shared: &Shared, backoff: &mut Backoff) ->
             }
         }
         if !batch.is_empty() {
-            if !healthy {
-                // A stream that delivers is a successful connect.
+            let outcome = apply_batch(shared, batch);
+            if outcome.applied && !applied_any {
+                // A stream that delivers a good update is a successful connect.
                 backoff.reset();
-                healthy = true;
+                applied_any = true;
             }
-            let (replies, resync) = apply_batch(shared, batch);
-            for reply in replies {
+            if let Some(reply) = outcome.reply {
                 // A closed outbound side means the stream is going: the
                 // inbound side reports how.
                 let _ = acks.send(reply);
             }
-            if resync {
-                break Ended::Resync;
+            if outcome.resync {
+                // At once after a good update; a stream that never had one
+                // backs off instead of spinning.
+                break if applied_any {
+                    Ended::Resync
+                } else {
+                    Ended::Failed
+                };
             }
         }
         match end {
@@ -246,30 +264,44 @@ fn failed(shared: &Shared, error: String) -> Ended {
     Ended::Failed
 }
 
-/// Applies updates in order onto the table held, swaps the result in once
-/// (and before any reply that names its version), and returns the replies
-/// to send and whether to resync.
+/// What [`apply_batch`] did.
+struct Outcome {
+    /// Some update was applied and swapped in.
+    applied: bool,
+    /// The acknowledgement to send: only the last counts (the control
+    /// service shows the latest), so it replaces any before it.
+    reply: Option<WatchRequest>,
+    /// A delta out of step: leave the stream for a snapshot.
+    resync: bool,
+}
+
+/// Applies updates in order onto the table held and swaps the result in
+/// once (before any reply that names its version is sent).
 ///
 /// A refused update changes nothing and is answered with its error; a delta
 /// out of step stops the batch for a resync (as the singleton, no reply).
-fn apply_batch(shared: &Shared, batch: Vec<TableUpdate>) -> (Vec<WatchRequest>, bool) {
+fn apply_batch(shared: &Shared, batch: Vec<TableUpdate>) -> Outcome {
     let held = Arc::clone(&shared.current.load().lookup);
     let mut pending: Option<Pending> = None;
-    let mut replies = Vec::new();
+    let mut outcome = Outcome {
+        applied: false,
+        reply: None,
+        resync: false,
+    };
     for update in batch {
         let base = pending.as_ref().map_or(&*held, |p| &p.table);
         match base.apply(&update) {
             Ok(applied) => {
-                let applied_count = pending.as_ref().map_or(0, |p| p.updates) + 1;
+                let updates = pending.as_ref().map_or(0, |p| p.updates) + 1;
                 pending = Some(Pending {
                     table: applied.table,
                     compiled: applied.compiled,
-                    updates: applied_count,
+                    updates,
                 });
             }
             Err(err) => {
                 if let Some(p) = pending.take() {
-                    publish(shared, p);
+                    outcome.applied |= publish(shared, p).is_ok();
                 }
                 shared.update_errors.fetch_add(1, Ordering::SeqCst);
                 let version = shared.current.load().lookup.version();
@@ -277,13 +309,14 @@ fn apply_batch(shared: &Shared, batch: Vec<TableUpdate>) -> (Vec<WatchRequest>, 
                     log::warn!("sandbox-router watch: {err}; resyncing");
                     shared.set_error(format!("{err}; resyncing"));
                     shared.notify();
-                    return (replies, true);
+                    outcome.resync = true;
+                    return outcome;
                 }
                 log::error!(
                     "sandbox-router watch: refused an update, keeping table version {version}: {err}"
                 );
                 shared.set_error(format!("refused an update: {err}"));
-                replies.push(WatchRequest {
+                outcome.reply = Some(WatchRequest {
                     node_id: String::new(),
                     applied_version: version,
                     error: err.to_string(),
@@ -293,11 +326,11 @@ fn apply_batch(shared: &Shared, batch: Vec<TableUpdate>) -> (Vec<WatchRequest>, 
         }
     }
     if let Some(p) = pending {
-        if let Some(reply) = publish(shared, p) {
-            replies.push(reply);
-        }
+        let published = publish(shared, p);
+        outcome.applied |= published.is_ok();
+        outcome.reply = Some(published.unwrap_or_else(|refused| refused));
     }
-    (replies, false)
+    outcome
 }
 
 /// Updates applied onto the table held, not yet swapped in.
@@ -309,8 +342,9 @@ struct Pending {
 }
 
 /// Swaps `pending` in (with its compiled form, when kept) and returns the
-/// acknowledgement of its version.
-fn publish(shared: &Shared, pending: Pending) -> Option<WatchRequest> {
+/// acknowledgement of its version; or, if it cannot be compiled, leaves the
+/// table held in place and returns the refusal.
+fn publish(shared: &Shared, pending: Pending) -> Result<WatchRequest, WatchRequest> {
     let version = pending.table.version();
     let compiled = if shared.keep_compiled {
         // A snapshot's own compile, unless its inner version disagrees.
@@ -325,21 +359,27 @@ fn publish(shared: &Shared, pending: Pending) -> Option<WatchRequest> {
                 shared.update_errors.fetch_add(1, Ordering::SeqCst);
                 shared.set_error(format!("cannot compile version {version}: {err}"));
                 log::error!("sandbox-router watch: cannot compile version {version}: {err}");
-                return None;
+                shared.notify();
+                return Err(WatchRequest {
+                    node_id: String::new(),
+                    applied_version: shared.current.load().lookup.version(),
+                    error: format!("cannot compile version {version}: {err}"),
+                });
             }
         }
     } else {
         None
     };
-    shared.current.store(Arc::new(Current {
+    let old = shared.current.swap(Arc::new(Current {
         lookup: Arc::new(pending.table),
         compiled,
     }));
+    shared.retire(&old);
     shared
         .updates_applied
         .fetch_add(pending.updates, Ordering::SeqCst);
     shared.notify();
-    Some(WatchRequest {
+    Ok(WatchRequest {
         node_id: String::new(),
         applied_version: version,
         error: String::new(),
@@ -349,6 +389,47 @@ fn publish(shared: &Shared, pending: Pending) -> Option<WatchRequest> {
 impl Shared {
     fn set_error(&self, error: String) {
         self.last_error.store(Some(Arc::new(error)));
+    }
+
+    /// Keeps a replaced version's tables until no reader holds them, so the
+    /// last reference is dropped here and a reader's thread (an Envoy
+    /// worker, mid-request) never pays for freeing a whole table.
+    pub(crate) fn retire(&self, old: &Current) {
+        let mut retired = self.retired_lock();
+        retired.push(Retired {
+            lookup: Arc::clone(&old.lookup),
+            compiled: old.compiled.clone(),
+        });
+        retired.retain(|r| !r.unheld());
+    }
+
+    fn sweep(&self) {
+        self.retired_lock().retain(|r| !r.unheld());
+    }
+
+    fn retired_lock(&self) -> MutexGuard<'_, Vec<Retired>> {
+        // The watch thread, and a reader only when it compiles a table
+        // (lookup-only mode), which is slow anyway.
+        self.retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A replaced version's tables.
+pub(crate) struct Retired {
+    lookup: Arc<Table>,
+    compiled: Option<Arc<RoutingTable>>,
+}
+
+impl Retired {
+    /// Nobody else holds them: they can no longer be reached, so this stays true.
+    fn unheld(&self) -> bool {
+        Arc::strong_count(&self.lookup) == 1
+            && self
+                .compiled
+                .as_ref()
+                .is_none_or(|c| Arc::strong_count(c) == 1)
     }
 }
 

@@ -308,3 +308,32 @@ async fn refused_streams_back_off_exponentially_and_a_delivering_stream_resets_i
     assert!(routes(&watch, "ka"));
     assert_eq!(watch.status().disconnects, 1);
 }
+
+#[tokio::test]
+async fn a_stream_that_only_sends_deltas_out_of_step_is_retried_with_backoff() {
+    let (url, mut streams) = stand_in().await;
+    let mut config = WatchConfig::new(url, "patient");
+    config.initial_backoff = Duration::from_millis(50);
+    config.max_backoff = Duration::from_millis(800);
+    let watch = Watch::start(config).unwrap();
+    // Never a snapshot, only a delta on a version the watch never had: each
+    // stream is left, and the next one waits longer (no reconnect spin).
+    let mut opened = Vec::new();
+    for _ in 0..4 {
+        let mut s = next(&mut streams).await;
+        s.accept();
+        s.read().await;
+        s.send(&delta(9, 8, vec![entry("ka", "10.0.0.1:80")]));
+        s.ended().await;
+        opened.push(s.opened);
+    }
+    for (i, pair) in opened.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let backoff = Duration::from_millis(50 << i);
+        assert!(gap >= backoff, "attempt {}: {gap:?} < {backoff:?}", i + 2);
+    }
+    let status = watch.status();
+    assert_eq!((status.version, status.updates_applied), (0, 0));
+    assert!(status.update_errors >= 3);
+    assert!(!routes(&watch, "ka"));
+}

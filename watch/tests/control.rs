@@ -336,14 +336,17 @@ async fn readers_never_block_while_updates_flow() {
         .map(|_| {
             let (reader, reads, done) = (watch.reader(), reads.clone(), done.clone());
             std::thread::spawn(move || {
-                let (mut slowest, mut last_version, mut own) = (Duration::ZERO, 0, 0u64);
+                let (mut slowest, mut slow, mut last_version, mut own) =
+                    (Duration::ZERO, 0u64, 0, 0u64);
                 while !done.load(Ordering::SeqCst) {
                     let start = Instant::now();
                     let table = reader.table();
                     let lookup = reader.lookup();
                     let _ = table.fork("key", "backend");
                     let in_place = reader.with_lookup(|t| t.version());
-                    slowest = slowest.max(start.elapsed());
+                    let took = start.elapsed();
+                    slowest = slowest.max(took);
+                    slow += u64::from(took > Duration::from_millis(1));
                     // Versions only move forward, in every form.
                     assert!(table.version() >= last_version);
                     assert!(lookup.version() >= last_version);
@@ -352,7 +355,7 @@ async fn readers_never_block_while_updates_flow() {
                     reads.fetch_add(1, Ordering::SeqCst);
                     own += 1;
                 }
-                (own, slowest)
+                (own, slow, slowest)
             })
         })
         .collect();
@@ -370,13 +373,13 @@ async fn readers_never_block_while_updates_flow() {
     until("every update", || watch.status().version == last).await;
     done.store(true, Ordering::SeqCst);
     for reader in readers {
-        let (own, slowest) = reader.join().unwrap();
+        let (own, slow, slowest) = reader.join().unwrap();
         assert!(own > 1000, "a reader made only {own} reads");
-        // Generous for a loaded 2-core machine: only preemption, never a wait.
-        assert!(
-            slowest < Duration::from_millis(100),
-            "a read took {slowest:?}"
-        );
+        // A read is a few atomic operations. On a loaded 2-core machine (4
+        // readers, the watch thread, the control service, builds) a thread
+        // is sometimes descheduled mid-read: rare, and never for long.
+        assert!(slow * 1000 <= own, "{slow} of {own} reads took over 1 ms");
+        assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
     }
     let status = watch.status();
     assert_eq!(status.routing_keys, UPDATES);
@@ -387,6 +390,28 @@ async fn readers_never_block_while_updates_flow() {
         0,
         "readers stopped while the watch thread worked"
     );
+}
+
+#[tokio::test]
+async fn a_replaced_table_is_freed_by_the_watch_thread_not_by_its_last_reader() {
+    let control = control().await;
+    let (_, v1) = create(&control, "a", "10.0.0.1:8080").await;
+    let watch = Watch::start(config(&control, "tidy")).unwrap();
+    until("the snapshot", || watch.status().version == v1).await;
+    // What a worker holds mid-request while the next version comes in.
+    let (table, lookup) = (watch.table(), watch.lookup());
+    let (_, v2) = create(&control, "b", "10.0.0.2:8080").await;
+    until("the next version", || watch.status().version == v2).await;
+    // The watch still holds the replaced version: dropping ours is not the
+    // last reference, so this thread frees nothing...
+    assert!(Arc::strong_count(&table) >= 2 && Arc::strong_count(&lookup) >= 2);
+    let weak = (Arc::downgrade(&table), Arc::downgrade(&lookup));
+    drop((table, lookup));
+    // ...and the watch thread frees it soon after (no leak).
+    until("the replaced version freed", || {
+        weak.0.upgrade().is_none() && weak.1.upgrade().is_none()
+    })
+    .await;
 }
 
 #[tokio::test]

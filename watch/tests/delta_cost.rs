@@ -112,16 +112,23 @@ fn one_key_delta_on_a_100k_key_table() {
         summary(apply)
     );
 
-    let mut compile = Vec::new();
+    let (mut compile, mut free) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let start = Instant::now();
         let compiled = table.to_routing_table().unwrap();
         compile.push(start.elapsed());
         assert_eq!(compiled.len(), KEYS);
+        let start = Instant::now();
+        drop(compiled);
+        free.push(start.elapsed());
     }
     println!(
         "compiling the RoutingTable for Watch::table (Watch::start, per update): {}",
         summary(compile)
+    );
+    println!(
+        "freeing that RoutingTable (what the last holder pays): {}",
+        summary(free)
     );
 
     // A lookup, for scale.
