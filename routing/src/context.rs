@@ -163,16 +163,19 @@ impl HostPattern {
 }
 
 /// Which of our names a prefixed header (`ot-baggage-*`, `uberctx-*`) carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Slot {
+    #[default]
+    Overrides,
     /// Index into `ContextConfig::keys`.
     Key(usize),
-    Overrides,
 }
 
 /// The headers of one request that routing looks at, borrowed from the
-/// request's header map in one pass. Empty `Vec`s do not allocate, so a
-/// request without routing context costs one scan and no allocation here.
+/// request's header map in one pass. Up to two lines of each name are kept
+/// without allocating ([`Lines`]), so a request without routing context (even
+/// one with `traceparent`, `tracestate` or other `baggage`) costs one scan
+/// and no allocation here.
 #[derive(Debug, Clone, Default)]
 pub struct RequestHeaders<'a> {
     pub authority: Option<&'a [u8]>,
@@ -183,13 +186,48 @@ pub struct RequestHeaders<'a> {
     /// `:path`, with its query (read only when the `query` source is enabled).
     pub path: Option<&'a [u8]>,
     /// `cookie` lines (read only when [`ContextConfig::reads_cookies`]).
-    pub cookies: Vec<&'a [u8]>,
-    baggage: Vec<&'a [u8]>,
-    ot_baggage: Vec<(Slot, &'a [u8])>,
-    uberctx: Vec<(Slot, &'a [u8])>,
-    traceparent: Vec<&'a [u8]>,
-    tracestate: Vec<&'a [u8]>,
-    ot_span_context: Vec<&'a [u8]>,
+    pub cookies: Lines<&'a [u8]>,
+    baggage: Lines<&'a [u8]>,
+    ot_baggage: Lines<(Slot, &'a [u8])>,
+    uberctx: Lines<(Slot, &'a [u8])>,
+    traceparent: Lines<&'a [u8]>,
+    tracestate: Lines<&'a [u8]>,
+    ot_span_context: Lines<&'a [u8]>,
+}
+
+/// The lines of one header name: the first two inline, more on the heap.
+/// Dereferences to a slice.
+#[derive(Debug, Clone, Default)]
+pub struct Lines<T> {
+    inline: [T; 2],
+    len: usize,
+    spilled: Vec<T>,
+}
+
+impl<T: Copy + Default> Lines<T> {
+    pub fn push(&mut self, line: T) {
+        if self.spilled.is_empty() {
+            if let Some(slot) = self.inline.get_mut(self.len) {
+                *slot = line;
+                self.len += 1;
+                return;
+            }
+            self.spilled.extend_from_slice(&self.inline);
+        }
+        self.spilled.push(line);
+    }
+}
+
+impl<T> std::ops::Deref for Lines<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        if self.spilled.is_empty() {
+            self.inline.get(..self.len).unwrap_or_default()
+        } else {
+            &self.spilled
+        }
+    }
 }
 
 impl RequestHeaders<'_> {
@@ -317,7 +355,7 @@ impl ContextConfig {
             ("ot-baggage-", &headers.ot_baggage),
             ("uberctx-", &headers.uberctx),
         ] {
-            for (slot, _) in seen {
+            for (slot, _) in seen.iter() {
                 if let Some(name) = name(slot) {
                     let header = format!("{prefix}{name}");
                     if !found.contains(&header) {
@@ -742,4 +780,22 @@ pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
         .decode(text)
         .or_else(|_| URL_SAFE.decode(text))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+
+    #[test]
+    fn lines_keep_every_line_in_order_and_two_without_allocating() {
+        let mut lines: Lines<&[u8]> = Lines::default();
+        assert!(lines.is_empty());
+        let all: [&[u8]; 5] = [b"a", b"", b"c", b"d", b"e"];
+        for (n, line) in all.iter().enumerate() {
+            lines.push(line);
+            assert_eq!(&*lines, &all[..=n]);
+            // Inline up to two lines, on the heap from the third.
+            assert_eq!(lines.spilled.capacity() > 0, n >= 2, "{n}");
+        }
+    }
 }
