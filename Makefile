@@ -9,23 +9,54 @@ VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
 WASM_TARGET   := wasm32-wasip1
 WASM          := target/$(WASM_TARGET)/wasm/sandbox_router_filter.wasm
+MODULE        := target/release/libsandbox_router_envoy_module.so
 CARGO         ?= cargo
 export ENVOY_BIN := $(abspath $(ENVOY))
 export SANDBOX_ROUTER_WASM := $(abspath $(WASM))
+export SANDBOX_ROUTER_MODULE := $(abspath $(MODULE))
+
+# Which build of sandbox-router `make demo` runs: wasm (the default) or native
+# (`make demo HOST=native`). A HOST from the environment (some shells set one)
+# is not ours.
+ifeq ($(origin HOST),environment)
+HOST := wasm
+endif
+HOST ?= wasm
+
+# The suites `make integration` runs a second time against the native module
+# (SANDBOX_ROUTER_HOST=native, see testbed::Host). The others are Wasm-only by
+# nature (failure_policy: VM traps; istio: WasmPlugin; compose: its images)
+# or host-independent (docs, native_module, which runs both kinds of Envoy).
+NATIVE_SUITES := header_formats routing_decision adversarial edge grpc inputs config
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-trap oci istio compose bench-instructions fuzz fuzz-smoke kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
+.PHONY: help build wasm wasm-trap module module-test native-config oci istio compose bench-instructions fuzz fuzz-smoke kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-demo: deps build ## Run the demo: real Envoy, baseline and sandboxed services, every header format
-	$(CARGO) run --quiet -p sandbox-router-demo
+demo: deps build ## Run the demo: real Envoy, baseline and sandboxed services, every header format (HOST=native: on the native module)
+	SANDBOX_ROUTER_HOST=$(HOST) $(CARGO) run --quiet -p sandbox-router-demo
 
 test: lint unit integration bench-quick fuzz-smoke ## Everything CI runs: lint, unit and property tests, wasm build, integration tests, a benchmark smoke run, a fuzzing smoke run
 
-build: wasm ## Build the filter (.wasm) and the binaries (sandbox-router, the demo)
+build: wasm module ## Build the filter (.wasm), the native module (.so) and the binaries (sandbox-router, the demo)
 	$(CARGO) build --workspace --bins
+
+module: ## Build the native Envoy module (target/release/libsandbox_router_envoy_module.so)
+	$(CARGO) build --release -p sandbox-router-envoy-module
+	@ls -l $(MODULE) | awk '{print "  module: " $$NF " (" $$5 " bytes)"}'
+
+# Test-only build of the native module (feature test-hooks: a header that
+# panics in a hook, an ABI version from the environment), a debug build copied
+# to target/module-test/, so the shipped module never has it.
+module-test:
+	$(CARGO) build -p sandbox-router-envoy-module --features test-hooks
+	@mkdir -p target/module-test
+	cp target/debug/libsandbox_router_envoy_module.so target/module-test/
+
+native-config: ## Regenerate envoy-config/native/sidecar.yaml from envoy-config/sidecar.yaml (a test fails when they drift)
+	UPDATE_NATIVE=1 $(CARGO) test -p integration-tests --test native_module the_native_config_is_the_wasm_template_transformed
 
 wasm: wasm-target ## Build the filter (target/wasm32-wasip1/wasm/sandbox_router_filter.wasm)
 	$(CARGO) build --profile wasm -p sandbox-router-filter -p noop-filter --target $(WASM_TARGET)
@@ -36,8 +67,8 @@ lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p sandbox-router-filter --target $(WASM_TARGET) -- -D warnings
 
-unit: ## Native unit and property tests of the core, the control service's model and store, the test bed
-	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed -p sandbox-router-control --lib
+unit: ## Native unit and property tests of the core, the control service's model and store, the test bed, the native module
+	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed -p sandbox-router-control -p sandbox-router-envoy-module --lib
 	$(CARGO) test -p sandbox-router-oci
 
 VERSION       := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -74,8 +105,11 @@ compose: ## Regenerate envoy-config/compose/{edge,sidecar}.yaml from envoy-confi
 wasm-trap: wasm-target
 	$(CARGO) build --profile wasm -p sandbox-router-filter --target $(WASM_TARGET) --features test-trap --target-dir target/trap
 
-integration: deps build wasm-trap ## Tests against a real Envoy running the built filter and the real control service
+integration: deps build wasm-trap module-test ## Tests against a real Envoy running the built filter and the real control service, then the same suites against the native module
 	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo
+	SANDBOX_ROUTER_HOST=native $(CARGO) test -p integration-tests $(NATIVE_SUITES:%=--test %)
+	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-control --test push
+	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-demo --test demo_runs
 
 bench: deps wasm wrk ## Benchmarks against plain Envoy, native routes, Lua, a Wasm no-op; propagation; fan-out; core micro-benchmarks (bench/results/)
 	$(CARGO) build --release --bins -p sandbox-router-bench -p sandbox-router-control

@@ -8,9 +8,12 @@
 //!                 └── routing table pushed by `sandbox-router serve` (SQLite store)
 //! ```
 //!
-//! Both Envoys run the shipped `envoy-config/sidecar.yaml`: the sidecar with
-//! the shipped `filter-config.json`, the edge with `filter-config-edge.json`
-//! (edge mode: routing context only with the testers' credential). The apps
+//! Both Envoys run the shipped `envoy-config/sidecar.yaml` (the Wasm filter),
+//! or with `SANDBOX_ROUTER_HOST=native` (`make demo HOST=native`) the
+//! generated `envoy-config/native/sidecar.yaml` (the native dynamic module):
+//! the sidecar with the shipped `filter-config.json`, the edge with
+//! `filter-config-edge.json` (edge mode: routing context only with the
+//! testers' credential). The apps
 //! answer HTTP and gRPC (h2c) and propagate the tracing context, in headers
 //! and in gRPC metadata; sandboxes are created with the real CLI. Every answer is checked, and the demo exits
 //! non-zero if one lands anywhere unexpected. Everything it starts stops when
@@ -25,7 +28,7 @@ use sandbox_router_routing::mint::{self, Carried};
 use sandbox_router_routing::Source;
 use testbed::{
     get_via, poll_until, shipped_config, sidecar_config, wait_for_filter, ControlService,
-    EchoService, Envoy, NextHop, Reply, SidecarPorts,
+    EchoService, Envoy, Host, NextHop, Reply, SidecarPorts,
 };
 
 #[tokio::main]
@@ -53,9 +56,14 @@ struct Demo {
 }
 
 async fn run() -> Result<()> {
+    let host = Host::from_env()?;
     println!("sandbox-router demo\n");
     println!("  client ──► edge Envoy ──► frontend ──► frontend's sidecar Envoy ──► backend");
-    println!("  Both Envoys run the sandbox-router filter; the control service pushes the routing table to both.");
+    let build = match host {
+        Host::Wasm => "the sandbox-router filter (Wasm)",
+        Host::Native => "the sandbox-router native module (an Envoy dynamic module)",
+    };
+    println!("  Both Envoys run {build}; the control service pushes the routing table to both.");
     println!("  The edge Envoy is in edge mode: it honours routing context only from requests with the testers' credential.");
     println!("  The apps pass the tracing context (baggage etc.) on to the calls they make, as instrumented apps do.");
     println!("  They answer HTTP/1.1 and gRPC (HTTP/2 without TLS); a gRPC call to the frontend makes a gRPC call to the backend.\n");
@@ -236,14 +244,15 @@ async fn run() -> Result<()> {
     )
     .await?;
 
-    step("Filter counters (Envoy admin /stats, wasmcustom.sandbox_router.*):");
+    let prefix = host.stat_prefix();
+    step(&format!("Filter counters (Envoy admin /stats, {prefix}*):"));
     for (name, envoy) in [("edge", &demo.edge), ("frontend's sidecar", &demo.sidecar)] {
         let stats = envoy.stats().await?;
         let moved: Vec<String> = stats
             .0
             .iter()
-            .filter(|(n, v)| n.starts_with("wasmcustom.sandbox_router.") && **v > 0)
-            .map(|(n, v)| format!("{}={v}", n.trim_start_matches("wasmcustom.sandbox_router.")))
+            .filter(|(n, v)| n.starts_with(prefix) && **v > 0)
+            .map(|(n, v)| format!("{}={v}", n.trim_start_matches(prefix)))
             .collect();
         println!("  {name:<20} {}", moved.join(" "));
     }

@@ -5,6 +5,9 @@
 //! `envoy-config/sidecar.yaml` and against the real Envoy, and the Envoy image
 //! against the version the Makefile installs.
 //!
+//! The compose setup runs the Wasm filter (its containers mount the .wasm);
+//! these tests run it whatever `SANDBOX_ROUTER_HOST` says.
+//!
 //! `UPDATE_COMPOSE=1 cargo test -p integration-tests --test compose` rewrites
 //! the generated Envoy configs after a change to the template.
 

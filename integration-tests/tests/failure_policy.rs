@@ -6,6 +6,11 @@
 //! removal of spoofed headers come back by themselves. FAIL_OPEN keeps traffic
 //! flowing but lets a client steer the ORIGINAL_DST cluster; FAIL_CLOSED
 //! answers 503 until Envoy restarts.
+//!
+//! Wasm-only by nature: VM traps and `failure_policy` are the Wasm runtime's.
+//! These tests run the Wasm filter whatever `SANDBOX_ROUTER_HOST` says (the
+//! native module has no VM: a panic is caught in its hook, see
+//! `native_module.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,12 +19,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use testbed::{poll_until, Reply, Sidecar, SidecarOptions};
+use testbed::{poll_until, Host, Reply, Sidecar, SidecarOptions};
 
 const TRAP: (&str, &[u8]) = ("x-sandbox-router-test-trap", b"1");
 
 async fn trapping_sidecar(policy: Option<&'static str>) -> Sidecar {
     let options = SidecarOptions {
+        host: Host::Wasm,
         wasm: Some(testbed::trap_filter_wasm()),
         failure_policy: policy,
         // A trapped VM answers no decision.

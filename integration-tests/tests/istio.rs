@@ -15,6 +15,10 @@
 //!   names in istiod's scheme, and the singleton fetching its module from the
 //!   control service. A sandbox created through the API then routes.
 //!
+//! Wasm-only by nature: Istio's proxies load the filter as a WasmPlugin (the
+//! native module is for plain Envoy, docs/native-module.md); these tests run
+//! the Wasm filter whatever `SANDBOX_ROUTER_HOST` says.
+//!
 //! Not checked here: istiod's own handling (CEL rules, EnvoyFilter matching in
 //! a live mesh), mTLS, and pulling the image from a registry.
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::poll_until;
+use crate::{poll_until, Host};
 
 pub struct Envoy {
     child: Child,
@@ -61,6 +61,9 @@ impl Envoy {
             .arg(&admin_path)
             .arg("--log-path")
             .arg(&log_path)
+            // The log file within 100 ms (Envoy's default: every 10 s), for
+            // tests that look for a log line.
+            .args(["--file-flush-interval-msec", "100"])
             .args(["-l", "info", "--concurrency", &concurrency.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,20 +92,38 @@ impl Envoy {
         .map_err(|e| anyhow!("{e}\n{}", tail(&log_path)))?;
         envoy.admin =
             admin.ok_or_else(|| anyhow!("Envoy exited during start-up:\n{}", tail(&log_path)))?;
-        poll_until("Envoy listeners", Duration::from_secs(30), || async {
-            envoy
-                .listeners()
-                .await
-                .ok()
-                .filter(|l| l.values().all(|a| a.port() != 0))
-        })
-        .await?;
-        Ok(envoy)
+        // Envoy may still refuse a listener's configuration (and exit) after
+        // its admin endpoint came up.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if envoy.child.try_wait()?.is_some() {
+                bail!("Envoy exited during start-up:\n{}", tail(&log_path));
+            }
+            let bound = envoy.listeners().await.ok();
+            if bound.is_some_and(|l| l.values().all(|a| a.port() != 0)) {
+                return Ok(envoy);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "timed out after 30s waiting for Envoy listeners\n{}",
+                    tail(&log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Runs `envoy --mode validate` on `config`: `Ok(output)` when Envoy
     /// accepts it, `Err(output)` when it does not.
     pub fn validate(config: &str) -> Result<std::result::Result<String, String>> {
+        Self::validate_with_env(config, &[])
+    }
+
+    /// [`Envoy::validate`] with extra environment variables for Envoy.
+    pub fn validate_with_env(
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<std::result::Result<String, String>> {
         let dir = tempfile::Builder::new()
             .prefix("sandbox-router-validate-")
             .tempdir()?;
@@ -111,6 +132,7 @@ impl Envoy {
         let output = Command::new(crate::envoy_binary())
             .args(["--mode", "validate", "-l", "info", "-c"])
             .arg(&path)
+            .envs(env.iter().copied())
             .output()
             .context("running envoy --mode validate")?;
         let text = format!(
@@ -249,18 +271,25 @@ impl Stats {
         self.0.get(name).copied().unwrap_or(0)
     }
 
-    /// A `wasmcustom.sandbox_router.<name>` counter of the filter.
+    /// The filter's stat `<name>` under either host's prefix
+    /// (`wasmcustom.sandbox_router.<name>` for the Wasm filter,
+    /// `sandbox_router.<name>` for the native module; an Envoy runs one).
     pub fn filter(&self, name: &str) -> u64 {
-        self.get(&format!("wasmcustom.sandbox_router.{name}"))
+        Host::ALL
+            .iter()
+            .map(|host| self.get(&format!("{}{name}", host.stat_prefix())))
+            .sum()
     }
 
     /// The filter's per-request counters that changed since `before`, as
-    /// `name -> delta` (the singleton's `sync.*` metrics are left out).
+    /// `name -> delta` (the watch's `sync.*` stats are left out).
     pub fn filter_delta(&self, before: &Stats) -> BTreeMap<String, u64> {
         self.0
             .iter()
             .filter_map(|(name, value)| {
-                let short = name.strip_prefix("wasmcustom.sandbox_router.")?;
+                let short = Host::ALL
+                    .iter()
+                    .find_map(|host| name.strip_prefix(host.stat_prefix()))?;
                 if short.starts_with("sync.") {
                     return None;
                 }

@@ -11,6 +11,7 @@ pub mod docs;
 mod echo;
 mod envoy;
 pub mod grpc;
+mod host;
 mod render;
 mod sidecar;
 
@@ -22,11 +23,15 @@ pub use control::ControlService;
 pub use echo::{EchoReply, EchoService, NextHop};
 pub use envoy::{Envoy, Stats};
 pub use grpc::{grpc_client, proto as echo_proto};
+pub use host::{
+    native_control_section, native_module_config, native_sidecar_template, Host, HOST_ENV,
+    NATIVE_SIDECAR,
+};
 pub use render::render;
 pub use sidecar::{
-    get_path_via, get_via, sidecar_config, sidecar_config_with_sync, wait_for_filter, Reply,
-    Sidecar, SidecarOptions, SidecarPorts, DEFAULT_SYNC_CONFIG, PREVIEW_DOMAIN,
-    SHIPPED_FAILURE_POLICY,
+    get_path_via, get_via, sidecar_config, sidecar_config_for, sidecar_config_with_sync,
+    wait_for_filter, Reply, Sidecar, SidecarOptions, SidecarPorts, DEFAULT_SYNC_CONFIG,
+    PREVIEW_DOMAIN, SHIPPED_FAILURE_POLICY,
 };
 
 /// The workspace root (parent of this crate).
@@ -49,6 +54,23 @@ pub fn filter_wasm() -> PathBuf {
         .unwrap_or_else(|| {
             workspace_root().join("target/wasm32-wasip1/wasm/sandbox_router_filter.wasm")
         })
+}
+
+/// `$SANDBOX_ROUTER_MODULE`, else the native module `make build` produces
+/// (`cargo build --release -p sandbox-router-envoy-module`).
+pub fn native_module() -> PathBuf {
+    std::env::var_os("SANDBOX_ROUTER_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/release/libsandbox_router_envoy_module.so")
+        })
+}
+
+/// The test-only build of the native module (`make module-test`, feature
+/// `test-hooks`): a request with `x-sandbox-router-test-panic` panics in the
+/// module's hook, and `SANDBOX_ROUTER_TEST_ABI_VERSION` replaces its ABI version.
+pub fn test_hooks_module() -> PathBuf {
+    workspace_root().join("target/module-test/libsandbox_router_envoy_module.so")
 }
 
 /// The test-only build of the filter that traps on request

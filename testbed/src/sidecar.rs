@@ -9,9 +9,14 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::{poll_until, render, shipped_config, EchoReply, EchoService, Envoy};
+use crate::{
+    native_control_section, native_module_config, poll_until, render, shipped_config, EchoReply,
+    EchoService, Envoy, Host, NATIVE_SIDECAR,
+};
 
 pub struct SidecarOptions {
+    /// The Wasm filter or the native module (default: `$SANDBOX_ROUTER_HOST`).
+    pub host: Host,
     /// Sandboxed workloads to start, as (service, sandbox name).
     pub sandboxes: Vec<(String, String)>,
     pub concurrency: usize,
@@ -20,11 +25,14 @@ pub struct SidecarOptions {
     /// Where the control service listens; `None`: nowhere (a static table is
     /// configured, and the singleton's reconnect attempts fail harmlessly).
     pub control: Option<SocketAddr>,
-    /// The singleton's configuration; `None`: [`DEFAULT_SYNC_CONFIG`].
+    /// The singleton's configuration; `None`: [`DEFAULT_SYNC_CONFIG`]. The
+    /// native module takes its `token` and backoff in its `control` section.
     pub sync_config: Option<String>,
-    /// Another build of the filter (e.g. [`crate::trap_filter_wasm`]).
+    /// Another build of the filter (e.g. [`crate::trap_filter_wasm`]); Wasm only.
     pub wasm: Option<PathBuf>,
-    /// The HTTP filter's `failure_policy` instead of the shipped one.
+    /// Another build of the native module (e.g. [`crate::test_hooks_module`]).
+    pub module: Option<PathBuf>,
+    /// The HTTP filter's `failure_policy` instead of the shipped one; Wasm only.
     pub failure_policy: Option<&'static str>,
     /// Turn the debug header on (unless the configuration says otherwise) and
     /// check every answer's decision against `sandbox-router explain` on the
@@ -38,12 +46,15 @@ pub const SHIPPED_FAILURE_POLICY: &str = "failure_policy: FAIL_RELOAD";
 impl Default for SidecarOptions {
     fn default() -> Self {
         SidecarOptions {
+            // An unknown value fails at `Sidecar::start`.
+            host: Host::from_env().unwrap_or(Host::Wasm),
             sandboxes: Vec::new(),
             concurrency: 1,
             node_id: "sidecar".to_owned(),
             control: None,
             sync_config: None,
             wasm: None,
+            module: None,
             failure_policy: None,
             compare_with_explain: true,
         }
@@ -99,8 +110,9 @@ impl Reply {
     }
 }
 
-/// `envoy-config/sidecar.yaml` rendered on loopback, on free ports, with this
-/// filter configuration.
+/// `envoy-config/sidecar.yaml` (or, with `SANDBOX_ROUTER_HOST=native`,
+/// `envoy-config/native/sidecar.yaml`) rendered on loopback, on free ports,
+/// with this filter configuration.
 pub fn sidecar_config(node_id: &str, ports: &SidecarPorts, filter_config: &str) -> Result<String> {
     sidecar_config_with_sync(node_id, ports, filter_config, DEFAULT_SYNC_CONFIG)
 }
@@ -115,12 +127,52 @@ pub fn sidecar_config_with_sync(
     filter_config: &str,
     sync_config: &str,
 ) -> Result<String> {
-    let wasm = crate::filter_wasm();
-    if !wasm.exists() {
-        anyhow::bail!("no filter at {} (run `make build`)", wasm.display());
+    sidecar_config_for(
+        Host::from_env()?,
+        node_id,
+        ports,
+        filter_config,
+        sync_config,
+    )
+}
+
+/// [`sidecar_config_with_sync`] for `host`. For the native module, whatever
+/// the Wasm build's singleton takes (the control service, the node id,
+/// `sync_config`'s token and backoff) becomes the `control` section of its
+/// configuration (none with a static table).
+pub fn sidecar_config_for(
+    host: Host,
+    node_id: &str,
+    ports: &SidecarPorts,
+    filter_config: &str,
+    sync_config: &str,
+) -> Result<String> {
+    let (template, built, filter_config) = match host {
+        Host::Wasm => (
+            shipped_config("sidecar.yaml")?,
+            crate::filter_wasm(),
+            filter_config.to_owned(),
+        ),
+        Host::Native => {
+            let server = format!("http://127.0.0.1:{}", ports.control);
+            let control = native_control_section(&server, node_id, sync_config)?;
+            (
+                shipped_config(NATIVE_SIDECAR)?,
+                crate::native_module(),
+                native_module_config(filter_config, &control),
+            )
+        }
+    };
+    if !built.exists() {
+        anyhow::bail!(
+            "no {} host at {} (run `make build`)",
+            host.name(),
+            built.display()
+        );
     }
+    let built = built.display().to_string();
     render(
-        &shipped_config("sidecar.yaml")?,
+        &template,
         &[
             ("NODE_ID", node_id),
             ("ADMIN_PORT", "0"),
@@ -136,8 +188,9 @@ pub fn sidecar_config_with_sync(
             ),
             ("CONTROL_ADDRESS", "127.0.0.1"),
             ("CONTROL_PORT", &ports.control.to_string()),
-            ("WASM_PATH", &wasm.display().to_string()),
-            ("FILTER_CONFIG", filter_config),
+            ("WASM_PATH", &built),
+            ("MODULE_PATH", &built),
+            ("FILTER_CONFIG", &filter_config),
             ("SYNC_CONFIG", sync_config),
         ],
     )
@@ -176,7 +229,9 @@ impl Sidecar {
         } else {
             None
         };
-        let mut config = sidecar_config_with_sync(
+        Host::from_env()?;
+        let mut config = sidecar_config_for(
+            options.host,
             &options.node_id,
             &ports,
             &filter_config,
@@ -185,6 +240,18 @@ impl Sidecar {
                 .as_deref()
                 .unwrap_or(DEFAULT_SYNC_CONFIG),
         )?;
+        if options.host == Host::Native
+            && (options.wasm.is_some() || options.failure_policy.is_some())
+        {
+            anyhow::bail!("another .wasm and failure_policy are Wasm-only options");
+        }
+        if let Some(module) = &options.module {
+            if !module.exists() {
+                anyhow::bail!("no module at {} (run `make module-test`)", module.display());
+            }
+            let shipped = crate::native_module().display().to_string();
+            config = config.replace(&shipped, &module.display().to_string());
+        }
         if let Some(wasm) = &options.wasm {
             if !wasm.exists() {
                 anyhow::bail!("no filter at {} (run `make wasm-trap`)", wasm.display());
