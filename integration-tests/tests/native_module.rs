@@ -454,3 +454,101 @@ async fn a_configuration_with_another_control_section_is_refused() {
         "{refused:#}"
     );
 }
+
+/// Writes `listener` as the LDS file in `dir` (atomically, as a management
+/// process would).
+fn write_lds(dir: &std::path::Path, listener: &Value) {
+    let mut listener = listener.clone();
+    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let resources = json!({ "resources": [listener] });
+    let staged = dir.join("lds.yaml.new");
+    std::fs::write(&staged, resources.to_string()).unwrap();
+    std::fs::rename(&staged, dir.join("lds.yaml")).unwrap();
+}
+
+#[tokio::test]
+async fn an_lds_update_keeps_the_watch_and_its_table() {
+    let control = ControlService::start(&sibling_binary("sandbox-router").unwrap(), None)
+        .await
+        .unwrap();
+    let backend = EchoService::start("backend", "baseline").await.unwrap();
+    let sandbox = EchoService::start("backend", "feature-x").await.unwrap();
+    let ports = SidecarPorts {
+        backend_baseline: backend.addr().port(),
+        frontend_baseline: 1,
+        control: control.addr().port(),
+    };
+    let config =
+        sidecar_config_for(Host::Native, "lds", &ports, "{}", DEFAULT_SYNC_CONFIG).unwrap();
+    // The listener from a file (LDS) instead of the static resources.
+    let mut config: Value = serde_norway::from_str(&config).unwrap();
+    let listener = config["static_resources"]["listeners"][0].clone();
+    config["static_resources"]
+        .as_object_mut()
+        .unwrap()
+        .remove("listeners");
+    let lds = tempfile::tempdir().unwrap();
+    write_lds(lds.path(), &listener);
+    config["node"]["cluster"] = json!("lds");
+    config["dynamic_resources"] = json!({ "lds_config": { "path_config_source": {
+        "path": lds.path().join("lds.yaml"),
+        "watched_directory": { "path": lds.path() } } } });
+    let envoy = Envoy::start(&config.to_string(), 1).await.unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (_, body) = control
+        .api(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({ "name": "feature-x", "forks": { "backend": [sandbox.addr().to_string()] } })),
+        )
+        .await
+        .unwrap();
+    let baggage = format!(
+        "sandbox-routing-key={}",
+        body["routing_key"].as_str().unwrap()
+    );
+    let served = |debug: bool| {
+        let (http, envoy, baggage) = (&http, &envoy, &baggage);
+        async move {
+            let addr = envoy.listener("outbound").await.ok()?;
+            let reply = get_via(http, addr, "backend", &[("baggage", baggage.as_bytes())])
+                .await
+                .ok()?;
+            (reply.served_by() == "backend/feature-x" && reply.decision.is_some() == debug)
+                .then_some(())
+        }
+    };
+    poll_until(
+        "routed by the pushed table",
+        Duration::from_secs(10),
+        || served(false),
+    )
+    .await
+    .unwrap();
+
+    // The same listener, a new filter configuration (debug header on), the
+    // same control section: the new configuration shares the running watch.
+    let mut updated = listener.clone();
+    let value = &mut updated["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+        ["typed_config"]["filter_config"]["value"];
+    let mut module_config: Value = serde_json::from_str(value.as_str().unwrap()).unwrap();
+    module_config["debug_header"] = json!(true);
+    *value = json!(module_config.to_string());
+    write_lds(lds.path(), &updated);
+    poll_until(
+        "the new configuration routes at once",
+        Duration::from_secs(10),
+        || served(true),
+    )
+    .await
+    .unwrap();
+    logged(&envoy, "sharing this Envoy's watch of").await;
+    let stats = envoy.stats().await.unwrap();
+    assert_eq!(
+        stats.get("sandbox_router.sync.connects"),
+        1,
+        "no second stream"
+    );
+    let (_, proxies) = control.api(Method::GET, "/v1/proxies", None).await.unwrap();
+    assert_eq!(proxies["proxies"].as_array().unwrap().len(), 1, "{proxies}");
+}
