@@ -28,6 +28,8 @@ use sandbox_router_proto::lightstep::BinaryCarrier;
 use sandbox_router_proto::v1::Overrides;
 use serde::Deserialize;
 
+use smallvec::SmallVec;
+
 use crate::baggage;
 use crate::edge::HeaderEdit;
 use crate::key::is_valid_routing_key;
@@ -163,12 +165,11 @@ impl HostPattern {
 }
 
 /// Which of our names a prefixed header (`ot-baggage-*`, `uberctx-*`) carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    #[default]
-    Overrides,
     /// Index into `ContextConfig::keys`.
     Key(usize),
+    Overrides,
 }
 
 /// The headers of one request that routing looks at, borrowed from the
@@ -195,40 +196,10 @@ pub struct RequestHeaders<'a> {
     ot_span_context: Lines<&'a [u8]>,
 }
 
-/// The lines of one header name: the first two inline, more on the heap.
-/// Dereferences to a slice.
-#[derive(Debug, Clone, Default)]
-pub struct Lines<T> {
-    inline: [T; 2],
-    len: usize,
-    spilled: Vec<T>,
-}
-
-impl<T: Copy + Default> Lines<T> {
-    pub fn push(&mut self, line: T) {
-        if self.spilled.is_empty() {
-            if let Some(slot) = self.inline.get_mut(self.len) {
-                *slot = line;
-                self.len += 1;
-                return;
-            }
-            self.spilled.extend_from_slice(&self.inline);
-        }
-        self.spilled.push(line);
-    }
-}
-
-impl<T> std::ops::Deref for Lines<T> {
-    type Target = [T];
-
-    fn deref(&self) -> &[T] {
-        if self.spilled.is_empty() {
-            self.inline.get(..self.len).unwrap_or_default()
-        } else {
-            &self.spilled
-        }
-    }
-}
+/// The lines of one header name: the first two inline, more on the heap
+/// (a request rarely repeats a header), so scanning allocates nothing for
+/// the usual request.
+pub type Lines<T> = SmallVec<[T; 2]>;
 
 impl RequestHeaders<'_> {
     pub fn baggage_lines(&self) -> &[&[u8]] {
@@ -780,22 +751,4 @@ pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
         .decode(text)
         .or_else(|_| URL_SAFE.decode(text))
         .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Lines;
-
-    #[test]
-    fn lines_keep_every_line_in_order_and_two_without_allocating() {
-        let mut lines: Lines<&[u8]> = Lines::default();
-        assert!(lines.is_empty());
-        let all: [&[u8]; 5] = [b"a", b"", b"c", b"d", b"e"];
-        for (n, line) in all.iter().enumerate() {
-            lines.push(line);
-            assert_eq!(&*lines, &all[..=n]);
-            // Inline up to two lines, on the heap from the third.
-            assert_eq!(lines.spilled.capacity() > 0, n >= 2, "{n}");
-        }
-    }
 }
