@@ -11,11 +11,12 @@
 //! (an edge and a sidecar listener, an LDS update) from the same table.
 //!
 //! Every worker reads the table without a lock (an atomically swapped,
-//! immutable table), and only for a request with routing context. Envoy lets
-//! a module touch stats only from its own threads' hooks, so the watch's
-//! stats (`sync.*`) are published on Envoy's main thread: the watch calls
-//! back after every change, which commits each configuration's scheduler,
-//! whose hook adds what changed since the last publication.
+//! immutable table), and only for a request with routing context. The ABI
+//! promises a configuration's stat updates from Envoy's own threads (a
+//! scheduled hook), not from a thread of the module's, so the watch's stats
+//! (`sync.*`) are published on Envoy's main thread: the watch calls back
+//! after every change, which commits each configuration's scheduler, whose
+//! hook adds what changed since the last publication.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
