@@ -106,7 +106,7 @@ wasm-trap: wasm-target
 	$(CARGO) build --profile wasm -p sandbox-router-filter --target $(WASM_TARGET) --features test-trap --target-dir target/trap
 
 integration: deps build wasm-trap module-test ## Tests against a real Envoy running the built filter and the real control service, then the same suites against the native module
-	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo
+	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo -p sandbox-router-watch
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p integration-tests $(NATIVE_SUITES:%=--test %)
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-control --test push
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-demo --test demo_runs
