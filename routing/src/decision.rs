@@ -67,6 +67,23 @@ pub enum Decision {
     Baseline(BaselineReason),
 }
 
+/// The fork a routing context selects for one service: what [`decide`]
+/// picks an endpoint from, and what a message-queue consumer compares with
+/// its own sandbox's fork ([`crate::consumer`]). One function for both, so a
+/// request and a message with the same context and table go the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected<'t> {
+    /// The routing key whose fork this is (a sandbox's or a route group's);
+    /// `None` for an override that names only an endpoint.
+    pub routing_key: Option<Cow<'t, str>>,
+    /// The fork's endpoints (never empty); for an override that names only an
+    /// endpoint, that endpoint.
+    pub endpoints: Cow<'t, [SocketAddr]>,
+    /// An override named this endpoint (one of `endpoints`): requests go there,
+    /// not round robin.
+    pub endpoint: Option<SocketAddr>,
+}
+
 /// Decides where a request for `service` goes. `pick` chooses among several
 /// endpoints of a fork (the filter passes a per-worker counter: round robin).
 pub fn decide(
@@ -75,29 +92,49 @@ pub fn decide(
     table: &impl RouteLookup,
     pick: usize,
 ) -> Decision {
+    match select(context, service, table) {
+        Err(reason) => Decision::Baseline(reason),
+        Ok(Selected {
+            endpoint: Some(endpoint),
+            ..
+        }) => Decision::Route(endpoint),
+        Ok(Selected { endpoints, .. }) => match endpoints.get(pick % endpoints.len().max(1)) {
+            Some(endpoint) => Decision::Route(*endpoint),
+            None => Decision::Baseline(BaselineReason::NoForkForService),
+        },
+    }
+}
+
+/// Which fork of `service`, if any, the routing context selects, and if none,
+/// why the baseline gets it. The whole policy of [`decide`] but the pick.
+pub fn select<'t>(
+    context: &'t RoutingContext,
+    service: Option<&str>,
+    table: &'t impl RouteLookup,
+) -> Result<Selected<'t>, BaselineReason> {
     let (key, overrides) = match context {
-        RoutingContext::None => return Decision::Baseline(BaselineReason::NoContext),
-        RoutingContext::Malformed { .. } => return Decision::Baseline(BaselineReason::Malformed),
+        RoutingContext::None => return Err(BaselineReason::NoContext),
+        RoutingContext::Malformed { .. } => return Err(BaselineReason::Malformed),
         RoutingContext::Named { sandbox, .. } => {
             let Some(service) = service else {
-                return Decision::Baseline(BaselineReason::NoDestination);
+                return Err(BaselineReason::NoDestination);
             };
             return match table.routing_key_of(sandbox) {
-                Some(key) => route_by_key(&key, service, table, pick),
-                None => Decision::Baseline(BaselineReason::UnknownKey),
+                Some(key) => select_by_key(key, service, table),
+                None => Err(BaselineReason::UnknownKey),
             };
         }
         RoutingContext::Found { key, overrides, .. } => (key, overrides),
     };
     let Some(service) = service else {
-        return Decision::Baseline(BaselineReason::NoDestination);
+        return Err(BaselineReason::NoDestination);
     };
     if let Some(entry) = overrides.as_ref().and_then(|o| entry_for(o, service)) {
-        return decide_override(entry, service, table, pick);
+        return select_override(entry, service, table);
     }
     match key {
-        Some(key) => route_by_key(key, service, table, pick),
-        None => Decision::Baseline(BaselineReason::NoForkForService),
+        Some(key) => select_by_key(Cow::Borrowed(key), service, table),
+        None => Err(BaselineReason::NoForkForService),
     }
 }
 
@@ -105,55 +142,72 @@ fn entry_for<'o>(overrides: &'o Overrides, service: &str) -> Option<&'o Override
     overrides.overrides.iter().find(|o| o.service == service)
 }
 
-fn route_by_key(key: &str, service: &str, table: &impl RouteLookup, pick: usize) -> Decision {
-    match table.fork(key, service) {
-        ForkLookup::UnknownKey => Decision::Baseline(BaselineReason::UnknownKey),
-        ForkLookup::NoFork => Decision::Baseline(BaselineReason::NoForkForService),
-        ForkLookup::Endpoints(endpoints) => match endpoints.get(pick % endpoints.len().max(1)) {
-            Some(endpoint) => Decision::Route(*endpoint),
-            None => Decision::Baseline(BaselineReason::NoForkForService),
-        },
+fn select_by_key<'t>(
+    key: Cow<'t, str>,
+    service: &str,
+    table: &'t impl RouteLookup,
+) -> Result<Selected<'t>, BaselineReason> {
+    match table.fork(&key, service) {
+        ForkLookup::UnknownKey => Err(BaselineReason::UnknownKey),
+        ForkLookup::NoFork => Err(BaselineReason::NoForkForService),
+        ForkLookup::Endpoints(endpoints) if endpoints.is_empty() => {
+            Err(BaselineReason::NoForkForService)
+        }
+        ForkLookup::Endpoints(endpoints) => Ok(Selected {
+            routing_key: Some(key),
+            endpoints,
+            endpoint: None,
+        }),
     }
 }
 
-fn decide_override(
-    entry: &Override,
+fn select_override<'t>(
+    entry: &'t Override,
     service: &str,
-    table: &impl RouteLookup,
-    pick: usize,
-) -> Decision {
-    let key: Option<Cow<'_, str>> = match &entry.target {
+    table: &'t impl RouteLookup,
+) -> Result<Selected<'t>, BaselineReason> {
+    let key: Option<Cow<'t, str>> = match &entry.target {
         Some(Target::RoutingKey(key)) if is_valid_routing_key(key.as_bytes()) => {
             Some(Cow::Borrowed(key))
         }
-        Some(Target::RoutingKey(_)) => return Decision::Baseline(BaselineReason::Malformed),
+        Some(Target::RoutingKey(_)) => return Err(BaselineReason::Malformed),
         Some(Target::Sandbox(name)) => match table.routing_key_of(name) {
             Some(key) => Some(key),
-            None => return Decision::Baseline(BaselineReason::UnknownKey),
+            None => return Err(BaselineReason::UnknownKey),
         },
         None => None,
     };
     if entry.endpoint.is_empty() {
         return match key {
-            Some(key) => route_by_key(&key, service, table, pick),
-            None => Decision::Baseline(BaselineReason::Malformed),
+            Some(key) => select_by_key(key, service, table),
+            None => Err(BaselineReason::Malformed),
         };
     }
     let Ok(endpoint) = parse_endpoint(&entry.endpoint) else {
-        return Decision::Baseline(BaselineReason::Malformed);
+        return Err(BaselineReason::Malformed);
     };
-    let registered = match key {
+    match key {
         // Named a sandbox: the endpoint must be that sandbox's fork of the service.
-        Some(key) => match table.fork(&key, service) {
-            ForkLookup::UnknownKey => return Decision::Baseline(BaselineReason::UnknownKey),
-            ForkLookup::NoFork => false,
-            ForkLookup::Endpoints(endpoints) => endpoints.contains(&endpoint),
-        },
-        None => table.is_registered(service, endpoint),
-    };
-    if registered {
-        Decision::Route(endpoint)
-    } else {
-        Decision::Baseline(BaselineReason::UnregisteredEndpoint)
+        Some(key) => {
+            let endpoints = match table.fork(&key, service) {
+                ForkLookup::UnknownKey => return Err(BaselineReason::UnknownKey),
+                ForkLookup::NoFork => return Err(BaselineReason::UnregisteredEndpoint),
+                ForkLookup::Endpoints(endpoints) => endpoints,
+            };
+            if !endpoints.contains(&endpoint) {
+                return Err(BaselineReason::UnregisteredEndpoint);
+            }
+            Ok(Selected {
+                routing_key: Some(key),
+                endpoints,
+                endpoint: Some(endpoint),
+            })
+        }
+        None if table.is_registered(service, endpoint) => Ok(Selected {
+            routing_key: None,
+            endpoints: Cow::Owned(vec![endpoint]),
+            endpoint: Some(endpoint),
+        }),
+        None => Err(BaselineReason::UnregisteredEndpoint),
     }
 }

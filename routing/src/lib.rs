@@ -12,6 +12,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod baggage;
+pub mod consumer;
 pub mod context;
 pub mod decision;
 pub mod destination;
@@ -33,7 +34,7 @@ pub use context::{
     ContextConfig, Extracted, HostPattern, RequestHeaders, RoutingContext, Source,
     ORIGINAL_DST_HEADER,
 };
-pub use decision::{decide, BaselineReason, Decision};
+pub use decision::{decide, select, BaselineReason, Decision, Selected};
 pub use destination::{Destination, DestinationFrom, DestinationSpec};
 pub use edge::{EdgePolicy, EdgeSpec, HeaderEdit};
 pub use error::ConfigError;
