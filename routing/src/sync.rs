@@ -230,44 +230,10 @@ impl PushedTable {
     /// Changes only what the delta touches: its routing keys, their sandbox
     /// names, and the services they fork (before and after).
     fn apply_delta(&mut self, delta: proto::TableDelta) -> Result<Vec<SharedWrite>, ApplyError> {
-        if !self.synced || delta.base_version != self.version {
-            return Err(ApplyError::WrongBase {
-                base: delta.base_version,
-                held: self.version,
-            });
-        }
-        let touched: BTreeSet<&str> = delta
-            .removed_keys
-            .iter()
-            .map(String::as_str)
-            .chain(delta.upserts.iter().map(|e| e.routing_key.as_str()))
-            .collect();
-        let mut new_names = BTreeSet::new();
-        let mut upserted = BTreeSet::new();
-        for (i, entry) in delta.upserts.iter().enumerate() {
-            validate_entry(entry, &format!("delta.upserts[{i}]")).map_err(ApplyError::Invalid)?;
-            // Twice in one delta is ambiguous; applied in turn, the first
-            // copy's sandbox name would stay indexed to the key.
-            if !upserted.insert(entry.routing_key.as_str()) {
-                return Err(ApplyError::Invalid(ConfigError::new(
-                    format!("delta.upserts[{i}].routing_key"),
-                    "routing key upserted twice in one delta",
-                )));
-            }
-            if entry.sandbox.is_empty() {
-                continue;
-            }
-            let taken_elsewhere = self
-                .names
-                .get(&entry.sandbox)
-                .is_some_and(|owner| !touched.contains(owner.as_str()));
-            if taken_elsewhere || !new_names.insert(entry.sandbox.as_str()) {
-                return Err(ApplyError::Invalid(ConfigError::new(
-                    format!("delta.upserts[{i}].sandbox"),
-                    "sandbox name already used by another routing key",
-                )));
-            }
-        }
+        check_delta(&delta, self.synced, self.version, |name| {
+            self.names.get(name).map(String::as_str)
+        })?;
+        let touched: BTreeSet<&str> = touched_keys(&delta).collect();
         // Validated: now change the table.
         let mut keys = BTreeSet::new();
         let mut names = BTreeSet::new();
@@ -415,12 +381,68 @@ fn without_repeated_endpoints(mut entry: proto::TableEntry) -> proto::TableEntry
     entry
 }
 
-fn validate_entry(entry: &proto::TableEntry, at: &str) -> Result<(), ConfigError> {
-    let one = proto::RoutingTable {
-        version: 0,
-        entries: vec![entry.clone()],
-    };
-    RoutingTable::compile(&one, at).map(|_| ())
+/// The rules every holder of a pushed table (this singleton, the native
+/// module's watch) applies to a delta before changing anything: it applies
+/// only on top of the version held, after a snapshot; each upsert is
+/// validated as a configured table's entry; a routing key is upserted at most
+/// once; a sandbox name is not taken from a routing key the delta leaves
+/// alone. `owner_of` answers which routing key holds a sandbox name now.
+///
+/// Returns each upsert compiled on its own (in order), for a holder that
+/// keeps the parsed endpoints.
+pub fn check_delta<'t>(
+    delta: &proto::TableDelta,
+    synced: bool,
+    version: u64,
+    owner_of: impl Fn(&str) -> Option<&'t str>,
+) -> Result<Vec<RoutingTable>, ApplyError> {
+    if !synced || delta.base_version != version {
+        return Err(ApplyError::WrongBase {
+            base: delta.base_version,
+            held: version,
+        });
+    }
+    let touched: BTreeSet<&str> = touched_keys(delta).collect();
+    let mut new_names = BTreeSet::new();
+    let mut upserted = BTreeSet::new();
+    let mut compiled = Vec::with_capacity(delta.upserts.len());
+    for (i, entry) in delta.upserts.iter().enumerate() {
+        let at = format!("delta.upserts[{i}]");
+        let one = proto::RoutingTable {
+            version: 0,
+            entries: vec![entry.clone()],
+        };
+        compiled.push(RoutingTable::compile(&one, &at).map_err(ApplyError::Invalid)?);
+        // Twice in one delta is ambiguous; applied in turn, the first copy's
+        // sandbox name would stay indexed to the key.
+        if !upserted.insert(entry.routing_key.as_str()) {
+            return Err(ApplyError::Invalid(ConfigError::new(
+                format!("{at}.routing_key"),
+                "routing key upserted twice in one delta",
+            )));
+        }
+        if entry.sandbox.is_empty() {
+            continue;
+        }
+        let taken_elsewhere =
+            owner_of(&entry.sandbox).is_some_and(|owner| !touched.contains(owner));
+        if taken_elsewhere || !new_names.insert(entry.sandbox.as_str()) {
+            return Err(ApplyError::Invalid(ConfigError::new(
+                format!("{at}.sandbox"),
+                "sandbox name already used by another routing key",
+            )));
+        }
+    }
+    Ok(compiled)
+}
+
+/// Every routing key a delta removes or upserts.
+pub fn touched_keys(delta: &proto::TableDelta) -> impl Iterator<Item = &str> {
+    delta
+        .removed_keys
+        .iter()
+        .map(String::as_str)
+        .chain(delta.upserts.iter().map(|e| e.routing_key.as_str()))
 }
 
 #[cfg(test)]

@@ -8,17 +8,18 @@ use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use sandbox_router_proto::v1::{TableUpdate, WatchRequest};
+use sandbox_router_proto::v1::WatchRequest;
 use sandbox_router_routing::sync::{ApplyError, Backoff};
 use sandbox_router_routing::RoutingTable;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
+use tonic::client::Grpc;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Endpoint;
 use tonic::{Status, Streaming};
 
-use crate::grpc::routing_table_service_client::RoutingTableServiceClient;
+use crate::codec::{watch_path, Received, WatchCodec};
 use crate::{Current, Shared, Table, WatchConfig};
 
 /// Largest update accepted. A snapshot of 100,000 routing keys, one fork
@@ -146,7 +147,7 @@ async fn session(settings: &Settings, shared: &Shared, backoff: &mut Backoff) ->
             )
         }
     };
-    let mut client = RoutingTableServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut client = Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
     // The server reads the hello before it answers: it goes first. Then the
     // latest acknowledgement only: sending never waits for the server to
     // read, and the last one (what the control service shows) always goes.
@@ -162,7 +163,14 @@ async fn session(settings: &Settings, shared: &Shared, backoff: &mut Backoff) ->
             .metadata_mut()
             .insert("authorization", authorization.clone());
     }
-    let mut inbound = match tokio::time::timeout(OPEN_TIMEOUT, client.watch(request)).await {
+    let open = async {
+        client
+            .ready()
+            .await
+            .map_err(|err| Status::unavailable(chain(&err)))?;
+        client.streaming(request, watch_path(), WatchCodec).await
+    };
+    let mut inbound = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) => {
             return failed(
@@ -280,7 +288,7 @@ struct Outcome {
 ///
 /// A refused update changes nothing and is answered with its error; a delta
 /// out of step stops the batch for a resync (as the singleton, no reply).
-fn apply_batch(shared: &Shared, batch: Vec<TableUpdate>) -> Outcome {
+fn apply_batch(shared: &Shared, batch: Vec<Received>) -> Outcome {
     let held = Arc::clone(&shared.current.load().lookup);
     let mut pending: Option<Pending> = None;
     let mut outcome = Outcome {
@@ -290,7 +298,11 @@ fn apply_batch(shared: &Shared, batch: Vec<TableUpdate>) -> Outcome {
     };
     for update in batch {
         let base = pending.as_ref().map_or(&*held, |p| &p.table);
-        match base.apply(&update) {
+        let applied = match &update {
+            Ok(update) => base.apply(update),
+            Err(_) => Err(ApplyError::Undecodable),
+        };
+        match applied {
             Ok(applied) => {
                 let updates = pending.as_ref().map_or(0, |p| p.updates) + 1;
                 pending = Some(Pending {
@@ -434,7 +446,7 @@ impl Retired {
 }
 
 /// The next message if one is already here, without waiting.
-fn ready_now(inbound: &mut Streaming<TableUpdate>) -> Option<Result<Option<TableUpdate>, Status>> {
+fn ready_now(inbound: &mut Streaming<Received>) -> Option<Result<Option<Received>, Status>> {
     let mut context = Context::from_waker(Waker::noop());
     match Pin::new(inbound).poll_next(&mut context) {
         Poll::Pending => None,

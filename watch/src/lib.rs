@@ -23,13 +23,8 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod codec;
 pub mod table;
-
-/// Generated gRPC client for `sandbox_router.v1.RoutingTableService`.
-pub mod grpc {
-    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    include!(concat!(env!("OUT_DIR"), "/sandbox_router.v1.rs"));
-}
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};

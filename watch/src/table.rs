@@ -7,9 +7,11 @@
 //!
 //! - a snapshot is validated whole by [`RoutingTable::compile`] and replaces
 //!   everything;
-//! - a delta applies only on top of the version held, after a snapshot; each
-//!   upsert is validated by the same compile (of that one entry), a routing key
-//!   may be upserted once per delta, and a sandbox name may not be taken from a
+//! - a delta is checked by the singleton's own function,
+//!   [`check_delta`](sandbox_router_routing::sync::check_delta): it applies
+//!   only on top of the version held, after a snapshot; each upsert is
+//!   validated by the same compile (of that one entry), a routing key may be
+//!   upserted once per delta, and a sandbox name may not be taken from a
 //!   routing key the delta leaves alone;
 //! - a refused update changes nothing.
 //!
@@ -20,12 +22,11 @@
 //! [`PushedTable`]: sandbox_router_routing::sync::PushedTable
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sandbox_router_proto::v1::{self as proto, table_update::Kind};
-use sandbox_router_routing::sync::ApplyError;
+use sandbox_router_routing::sync::{check_delta, ApplyError};
 use sandbox_router_routing::{ConfigError, ForkLookup, RouteLookup, RoutingTable};
 
 /// One routing key's entry, validated and parsed.
@@ -163,52 +164,19 @@ impl Table {
         Ok((table, compiled))
     }
 
-    /// Validates the whole delta first (as `PushedTable::apply_delta`), then
-    /// changes a clone: only the touched keys, names and services.
+    /// Validates the whole delta first (by the singleton's own rules,
+    /// [`check_delta`]), then changes a clone: only the touched keys, names
+    /// and services.
     fn with_delta(&self, delta: &proto::TableDelta) -> Result<Table, ApplyError> {
-        if !self.synced || delta.base_version != self.version {
-            return Err(ApplyError::WrongBase {
-                base: delta.base_version,
-                held: self.version,
-            });
-        }
-        let touched: HashSet<&str> = delta
-            .removed_keys
+        let compiled = check_delta(delta, self.synced, self.version, |name| {
+            self.names.get(name).map(String::as_str)
+        })?;
+        let upserted: Vec<(&str, Entry)> = delta
+            .upserts
             .iter()
-            .map(String::as_str)
-            .chain(delta.upserts.iter().map(|e| e.routing_key.as_str()))
+            .zip(&compiled)
+            .map(|(entry, compiled)| (entry.routing_key.as_str(), parsed(compiled, entry)))
             .collect();
-        let mut upserted: Vec<(&str, Entry)> = Vec::with_capacity(delta.upserts.len());
-        let mut upserted_keys: HashSet<&str> = HashSet::with_capacity(delta.upserts.len());
-        let mut new_names: HashSet<&str> = HashSet::new();
-        for (i, entry) in delta.upserts.iter().enumerate() {
-            let at = format!("delta.upserts[{i}]");
-            let one = proto::RoutingTable {
-                version: 0,
-                entries: vec![entry.clone()],
-            };
-            let compiled = RoutingTable::compile(&one, &at).map_err(ApplyError::Invalid)?;
-            // Twice in one delta is ambiguous (the singleton refuses it too).
-            if !upserted_keys.insert(entry.routing_key.as_str()) {
-                return Err(ApplyError::Invalid(ConfigError::new(
-                    format!("{at}.routing_key"),
-                    "routing key upserted twice in one delta",
-                )));
-            }
-            if !entry.sandbox.is_empty() {
-                let taken_elsewhere = self
-                    .names
-                    .get(entry.sandbox.as_str())
-                    .is_some_and(|owner| !touched.contains(owner.as_str()));
-                if taken_elsewhere || !new_names.insert(entry.sandbox.as_str()) {
-                    return Err(ApplyError::Invalid(ConfigError::new(
-                        format!("{at}.sandbox"),
-                        "sandbox name already used by another routing key",
-                    )));
-                }
-            }
-            upserted.push((entry.routing_key.as_str(), parsed(&compiled, entry)));
-        }
         // Validated: now change a clone (O(1)); each change below copies
         // only the path to what it touches.
         let mut table = self.clone();
