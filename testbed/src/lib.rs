@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod broker;
 mod compose;
 mod control;
 pub mod docs;
@@ -18,6 +19,7 @@ mod sidecar;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use broker::{redis_server_binary, RedisBroker};
 pub use compose::{compose_envoy_configs, COMPOSE_DEMO_CREDENTIAL, COMPOSE_DIR, COMPOSE_WASM_PATH};
 pub use control::ControlService;
 pub use echo::{EchoReply, EchoService, NextHop};
