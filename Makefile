@@ -108,27 +108,37 @@ wasm-trap: wasm-target
 integration: deps build wasm-trap module-test ## Tests against a real Envoy running the built filter and the real control service, then the same suites against the native module
 	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo -p sandbox-router-watch
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p integration-tests $(NATIVE_SUITES:%=--test %)
-	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-control --test push
+	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-control --test push --test bad_control
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-demo --test demo_runs
 
-bench: deps wasm wrk ## Benchmarks against plain Envoy, native routes, Lua, a Wasm no-op; propagation; fan-out; core micro-benchmarks (bench/results/)
+# The native floor of the benchmarks (bench/noop-module: a crate of its own, outside the workspace).
+BENCH_NOOP_MODULE_BUILD := $(CARGO) build --release --manifest-path bench/noop-module/Cargo.toml --target-dir target
+
+bench: deps wasm module wrk ## Benchmarks of both hosts against plain Envoy, native routes, Lua, a Wasm and a native no-op; propagation; fan-out; core micro-benchmarks (bench/results/)
 	$(CARGO) build --release --bins -p sandbox-router-bench -p sandbox-router-control
+	$(BENCH_NOOP_MODULE_BUILD)
 	target/release/sandbox-router-bench cost
 	target/release/sandbox-router-bench propagation --envoys 1 --updates 200
 	target/release/sandbox-router-bench propagation --envoys 10 --updates 200
+	target/release/sandbox-router-bench propagation --envoys 1 --updates 200 --host native
+	target/release/sandbox-router-bench propagation --envoys 10 --updates 200 --host native
 	target/release/sandbox-router-bench fanout --watchers 1000 --updates 50
 	$(CARGO) bench -p sandbox-router-bench --bench core -- --noplot 2>&1 | tee bench/results/core.txt
 	$(MAKE) bench-instructions
 
-bench-instructions: deps wasm ## Instructions per request under callgrind: exact and load-independent (~10 min; bench/results/callgrind.*)
+bench-instructions: deps wasm module ## Instructions per request under callgrind, both hosts: exact and load-independent (~60 min; bench/results/callgrind.*)
 	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	$(CARGO) build --release --bins -p sandbox-router-bench -p sandbox-router-control
+	$(BENCH_NOOP_MODULE_BUILD)
 	python3 bench/callgrind.py --workdir target/callgrind
 	cp target/callgrind/results.md bench/results/callgrind.md
 	cp target/callgrind/results.json bench/results/callgrind.json
 
 bench-quick: deps build ## Smoke run of every benchmark harness (checks it works, never timings)
+	$(BENCH_NOOP_MODULE_BUILD)
 	target/debug/sandbox-router-bench --out target/bench-smoke cost --quick
 	target/debug/sandbox-router-bench --out target/bench-smoke propagation --envoys 2 --updates 5
+	target/debug/sandbox-router-bench --out target/bench-smoke propagation --envoys 2 --updates 5 --host native
 	target/debug/sandbox-router-bench --out target/bench-smoke fanout --watchers 20 --updates 3
 	$(CARGO) bench -p sandbox-router-bench --bench core -- --test
 

@@ -7,8 +7,15 @@
 //! 4. `wasm-noop`: a Wasm filter that does nothing (the runtime's floor);
 //!    `sr-static-*`: sandbox-router in the same layout as 4 (static table of
 //!    10, no singleton), so the difference to 4 is the filter's own work;
-//! 5. `sr-M-nocontext`: sandbox-router on the shipped sidecar, pushed table of M sandboxes, no routing context;
-//! 6. `sr-M-routed`: the same, every request routed to a sandbox.
+//!    `module-noop`: a native dynamic module that does nothing (the native
+//!    floor, `bench/noop-module`); `sr-native-static-*`: sandbox-router's
+//!    native module in that layout, static table of 10;
+//! 5. `sr-M-nocontext`, `sr-native-M-nocontext`: sandbox-router (Wasm,
+//!    native) on the shipped sidecar of its host, pushed table of M
+//!    sandboxes, no routing context;
+//! 6. `sr-M-routed`, `sr-native-M-routed`: the same, every request routed to a sandbox.
+//!
+//! `--hosts` picks the hosts of sandbox-router measured (both by default).
 //!
 //! Per variant, at a fixed request rate: Envoy CPU microseconds per request
 //! (kernel run time of Envoy's threads / requests), of which user-mode (the
@@ -17,19 +24,15 @@
 //! and RSS. Variants are interleaved: each round visits
 //! all of them, in a rotated order; figures are medians over rounds.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args as ClapArgs;
-use sandbox_router_control::model::{Model, NewSandbox};
-use sandbox_router_control::store::{Row, Store};
-use serde_json::{json, Value};
-use testbed::{
-    poll_until, render, shipped_config, sidecar_config, ControlService, Envoy, SidecarPorts,
-};
+use serde_json::json;
+use testbed::{poll_until, render, shipped_config, ControlService, Envoy, Host};
 
+use crate::hosts;
 use crate::load::{self, Latencies};
 
 #[derive(ClapArgs, Clone)]
@@ -55,6 +58,9 @@ pub struct Args {
     /// Routes for the native header-match variants.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 100, 1000])]
     native_routes: Vec<usize>,
+    /// The hosts of sandbox-router measured: wasm, native.
+    #[arg(long, value_delimiter = ',', value_parser = hosts::parse_host, default_values = ["wasm", "native"])]
+    hosts: Vec<Host>,
 }
 
 /// One measured configuration: an Envoy and the traffic sent to it.
@@ -195,83 +201,103 @@ pub async fn run(mut args: Args, out: &Path) -> Result<()> {
         envoys.push(Envoy::start_on(&variant_envoy(&noop, "")?, 1, Some("0")).await?);
         variants.push(variant(name, what, envoys.len() - 1, None));
     }
-    // sandbox-router in the wasm-noop layout: static table of 10, no singleton.
-    let static_table: Vec<Value> = (0..10)
-        .map(|i| json!({ "routing_key": format!("static-key-{i}"), "forks": [{ "service": "backend", "endpoints": [upstream_addr.to_string()] }] }))
-        .collect();
-    let static_config = json!({ "table": { "version": 1, "entries": static_table } }).to_string();
-    let sr_filter = render(
-        &shipped_config("bench/sandbox-router-filter.yaml")?,
-        &[
-            ("WASM_PATH", &testbed::filter_wasm().display().to_string()),
-            ("FILTER_CONFIG", &static_config),
-        ],
-    )?;
-    envoys.push(
-        Envoy::start_on(
-            &variant_envoy(&sr_filter, &shipped_config("bench/marker-route.yaml")?)?,
-            1,
-            Some("0"),
-        )
-        .await?,
-    );
-    variants.push(variant(
-        "sr-static-nocontext",
-        "sandbox-router in the wasm-noop layout (static table of 10), no-context traffic",
-        envoys.len() - 1,
-        None,
-    ));
-    variants.push(variant(
-        "sr-static-routed",
-        "sandbox-router in the wasm-noop layout (static table of 10), routed traffic",
-        envoys.len() - 1,
-        Some("static-key-5"),
-    ));
-    // 5 and 6. sandbox-router on the shipped sidecar, pushed tables of M sandboxes.
-    let binary = testbed::sibling_binary("sandbox-router")?;
-    let mut filter_config: Value = serde_json::from_str(&shipped_config("filter-config.json")?)?;
-    filter_config["debug_header"] = json!(false);
-    let filter_config = filter_config.to_string();
-    let stores = tempfile::tempdir()?;
-    for m in &args.tables {
-        let db = stores.path().join(format!("{m}.db"));
-        let key = write_store(&db, *m, upstream_addr)?;
-        let control = ControlService::start_with_store(&binary, &db, None).await?;
-        let ports = SidecarPorts {
-            backend_baseline: upstream_addr.port(),
-            frontend_baseline: 1,
-            control: control.addr().port(),
-        };
-        let envoy = Envoy::start_on(
-            &sidecar_config(&format!("bench-sr-{m}"), &ports, &filter_config)?,
-            1,
-            Some("0"),
-        )
-        .await?;
-        poll_until(
-            &format!("the {m}-sandbox table in Envoy"),
-            Duration::from_secs(120),
-            || async {
-                let stats = envoy.stats().await.ok()?;
-                (stats.filter("sync.routing_keys") == *m as u64).then_some(())
-            },
-        )
-        .await?;
-        envoys.push(envoy);
-        keep_alive.push(control);
-        let i = envoys.len() - 1;
+    // 4b. The native floor: a dynamic module that does nothing (bench/noop-module).
+    if args.hosts.contains(&Host::Native) {
+        let noop = hosts::bench_filter("module-noop", upstream_addr)?;
+        envoys.push(Envoy::start_on(&variant_envoy(&noop, "")?, 1, Some("0")).await?);
         variants.push(variant(
-            &format!("sr-{m}-nocontext"),
-            &format!("sandbox-router, {m} sandboxes, no-context traffic"),
-            i,
+            "module-noop",
+            "native dynamic module that does nothing",
+            envoys.len() - 1,
+            None,
+        ));
+    }
+    // sandbox-router in its floor's layout (wasm-noop, module-noop): the
+    // shipped configuration with a static table of 10, no control service.
+    for host in &args.hosts {
+        let (filter, layout) = match host {
+            Host::Wasm => (
+                hosts::bench_filter("sr-static-wasm", upstream_addr)?,
+                "wasm-noop",
+            ),
+            Host::Native => (
+                hosts::bench_filter("sr-static-native", upstream_addr)?,
+                "module-noop",
+            ),
+        };
+        envoys.push(
+            Envoy::start_on(
+                &variant_envoy(&filter, &shipped_config("bench/marker-route.yaml")?)?,
+                1,
+                Some("0"),
+            )
+            .await?,
+        );
+        let what = |traffic| {
+            format!(
+                "sandbox-router {} in the {layout} layout (static table of 10), {traffic} traffic",
+                host_label(*host)
+            )
+        };
+        variants.push(variant(
+            &hosts::sr_name(*host, "static", "nocontext"),
+            &what("no-context"),
+            envoys.len() - 1,
             None,
         ));
         variants.push(variant(
-            &format!("sr-{m}-routed"),
-            &format!("sandbox-router, {m} sandboxes, routed traffic"),
-            i,
-            Some(&key),
+            &hosts::sr_name(*host, "static", "routed"),
+            &what("routed"),
+            envoys.len() - 1,
+            Some(hosts::STATIC_KEY),
         ));
+    }
+    // 5 and 6. sandbox-router on the shipped sidecar of each host, pushed
+    // tables of M sandboxes (one control service per table, watched by both).
+    let binary = testbed::sibling_binary("sandbox-router")?;
+    let stores = tempfile::tempdir()?;
+    for m in &args.tables {
+        let db = stores.path().join(format!("{m}.db"));
+        let key = hosts::write_store(&db, *m, upstream_addr)?;
+        let control = ControlService::start_with_store(&binary, &db, None).await?;
+        for host in &args.hosts {
+            let envoy = Envoy::start_on(
+                &hosts::sidecar(
+                    *host,
+                    &format!("bench-{}-{m}", host.name()),
+                    control.addr().port(),
+                    upstream_addr.port(),
+                )?,
+                1,
+                Some("0"),
+            )
+            .await?;
+            poll_until(
+                &format!("the {m}-sandbox table in the {} Envoy", host.name()),
+                Duration::from_secs(120),
+                || async {
+                    let stats = envoy.stats().await.ok()?;
+                    (stats.filter("sync.routing_keys") == *m as u64).then_some(())
+                },
+            )
+            .await?;
+            envoys.push(envoy);
+            let i = envoys.len() - 1;
+            let label = host_label(*host);
+            variants.push(variant(
+                &hosts::sr_name(*host, &m.to_string(), "nocontext"),
+                &format!("sandbox-router {label}, {m} sandboxes, no-context traffic"),
+                i,
+                None,
+            ));
+            variants.push(variant(
+                &hosts::sr_name(*host, &m.to_string(), "routed"),
+                &format!("sandbox-router {label}, {m} sandboxes, routed traffic"),
+                i,
+                Some(&key),
+            ));
+        }
+        keep_alive.push(control);
     }
 
     if !args.only.is_empty() {
@@ -324,6 +350,14 @@ pub async fn run(mut args: Args, out: &Path) -> Result<()> {
     report(&args, cpus, &variants, &figures, out)
 }
 
+/// How a variant's description names the host.
+fn host_label(host: Host) -> &'static str {
+    match host {
+        Host::Wasm => "(Wasm)",
+        Host::Native => "(native module)",
+    }
+}
+
 fn variant(name: &str, what: &str, envoy: usize, key: Option<&str>) -> Variant {
     Variant {
         name: name.to_owned(),
@@ -366,26 +400,6 @@ async fn check_path(v: &Variant, envoy: &Envoy) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Writes a store with `count` sandboxes forking `backend` to `endpoint`;
-/// returns the routing key of one in the middle.
-fn write_store(db: &Path, count: usize, endpoint: SocketAddr) -> Result<String> {
-    let mut model = Model::default();
-    for i in 0..count {
-        let new = NewSandbox {
-            name: format!("bench-{i}"),
-            forks: [("backend".to_owned(), vec![endpoint.to_string()])].into(),
-            labels: Default::default(),
-            ttl_seconds: None,
-        };
-        model
-            .create_sandbox(new, format!("benchkey{i:016}"), 0)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let rows: Vec<Row<'_>> = model.sandboxes().map(Row::PutSandbox).collect();
-    Store::open(db)?.commit(1, &rows)?;
-    Ok(format!("benchkey{:016}", count / 2))
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -451,8 +465,10 @@ fn report(
         ));
     }
 
-    // The issue's targets, and how far each is met (total CPU, and user CPU
-    // where the filter's own work is).
+    // The issues' targets, and how far each is met, in CPU time (total, and
+    // user CPU where the filter's own work is). On a shared VM these move by
+    // ±15%: the instruction counts of `make bench-instructions` are the
+    // evidence for ratios this close to 1; these are the same targets in time.
     let mut targets = Vec::new();
     let mut check = |what: String, met: Option<bool>| {
         let verdict = match met {
@@ -464,74 +480,102 @@ fn report(
     };
     let total = |n: &str| of(n, |f| &f.cpu_us);
     let user = |n: &str| of(n, |f| &f.user_us);
-    for traffic in ["nocontext", "routed"] {
-        let name = format!("sr-static-{traffic}");
-        for (kind, get) in [
-            ("CPU", &total as &dyn Fn(&str) -> Option<f64>),
-            ("user CPU", &user),
-        ] {
-            let own = get(&name).zip(get("wasm-noop")).map(|(a, b)| a - b);
-            check(
-                format!(
-                    "{name}: own cost ({kind} minus wasm-noop) {} µs < 3 µs",
-                    fmt(own)
-                ),
-                own.map(|o| o < 3.0),
-            );
-        }
-    }
-    let mut sr_names = vec![
-        "sr-static-nocontext".to_owned(),
-        "sr-static-routed".to_owned(),
-    ];
-    for m in &args.tables {
-        sr_names.push(format!("sr-{m}-nocontext"));
-        sr_names.push(format!("sr-{m}-routed"));
-    }
-    for name in &sr_names {
-        let ratio = total(name).map(|c| c / plain);
-        check(
-            format!("{name}: {} × plain CPU <= 1.15", fmt(ratio)),
-            ratio.map(|r| r <= 1.15),
-        );
-    }
-    for (ours, theirs) in [
-        ("sr-static-routed", "lua-routed"),
-        ("sr-static-nocontext", "lua-nocontext"),
-        ("sr-static-nocontext", "native-100"),
-    ] {
-        for (kind, get) in [
-            ("CPU", &total as &dyn Fn(&str) -> Option<f64>),
-            ("user CPU", &user),
-        ] {
-            let (a, b) = (get(ours), get(theirs));
-            check(
-                format!(
-                    "{ours} cheaper than {theirs} ({kind}): {} vs {} µs",
-                    fmt(a),
-                    fmt(b)
-                ),
-                a.zip(b).map(|(a, b)| a < b),
-            );
-        }
-    }
-    if let (Some(first), Some(last)) = (args.tables.first(), args.tables.last()) {
+    let rss = |n: &str| of(n, |f| &f.rss_mb);
+    let kinds: [(&str, Getter<'_>); 2] = [("CPU", &total), ("user CPU", &user)];
+    let present = |n: &str| index(n).is_some();
+    for host in &args.hosts {
+        let name = |table: &str, traffic: &str| hosts::sr_name(*host, table, traffic);
+        let floor = match host {
+            Host::Wasm => "wasm-noop",
+            Host::Native => "module-noop",
+        };
+        // Over the host's floor: the filter's own cost.
         for traffic in ["nocontext", "routed"] {
-            for (kind, get) in [
-                ("CPU", &total as &dyn Fn(&str) -> Option<f64>),
-                ("user CPU", &user),
-            ] {
-                let ratio = get(&format!("sr-{first}-{traffic}"))
-                    .zip(get(&format!("sr-{last}-{traffic}")))
-                    .map(|(s, l)| s / l);
+            let ours = name("static", traffic);
+            for (kind, get) in kinds {
+                let own = get(&ours).zip(get(floor)).map(|(a, b)| a - b);
                 check(
                     format!(
-                        "{traffic}: {kind} at {first} / at {last} sandboxes = {} >= 0.98",
-                        fmt(ratio)
+                        "{ours}: own cost ({kind} minus {floor}) {} µs < 3 µs",
+                        fmt(own)
                     ),
-                    ratio.map(|r| r >= 0.98),
+                    own.map(|o| o < 3.0),
                 );
             }
+        }
+        // × plain Envoy: Wasm (issue 1) within 1.15; native (issue 12) no
+        // context within 1.03, routed within 1.15.
+        let mut tables = vec!["static".to_owned()];
+        tables.extend(args.tables.iter().map(usize::to_string));
+        for table in &tables {
+            for traffic in ["nocontext", "routed"] {
+                let limit = match (host, traffic) {
+                    (Host::Native, "nocontext") => 1.03,
+                    _ => 1.15,
+                };
+                let ours = name(table, traffic);
+                let ratio = total(&ours).map(|c| c / plain);
+                check(
+                    format!("{ours}: {} × plain CPU <= {limit}", fmt(ratio)),
+                    ratio.map(|r| r <= limit),
+                );
+            }
+        }
+        // Against the peers.
+        let single_route = args
+            .native_routes
+            .first()
+            .map(|n| format!("native-{n}"))
+            .unwrap_or_default();
+        let mut peers = vec![
+            (name("static", "routed"), "lua-routed".to_owned()),
+            (name("static", "nocontext"), "lua-nocontext".to_owned()),
+        ];
+        match host {
+            Host::Wasm => peers.push((name("static", "nocontext"), "native-100".to_owned())),
+            Host::Native => peers.push((name("static", "nocontext"), single_route)),
+        }
+        for (ours, theirs) in peers.iter().filter(|(_, t)| present(t)) {
+            for (kind, get) in kinds {
+                let (a, b) = (get(ours), get(theirs));
+                check(
+                    format!(
+                        "{ours} cheaper than {theirs} ({kind}): {} vs {} µs",
+                        fmt(a),
+                        fmt(b)
+                    ),
+                    a.zip(b).map(|(a, b)| a < b),
+                );
+            }
+        }
+        // Flat in the table's size; RSS at the largest table.
+        if let (Some(first), Some(last)) = (args.tables.first(), args.tables.last()) {
+            for traffic in ["nocontext", "routed"] {
+                for (kind, get) in kinds {
+                    let ratio = get(&name(&first.to_string(), traffic))
+                        .zip(get(&name(&last.to_string(), traffic)))
+                        .map(|(s, l)| s / l);
+                    check(
+                        format!(
+                            "{}: {kind} at {first} / at {last} sandboxes = {} >= 0.98",
+                            name("M", traffic),
+                            fmt(ratio)
+                        ),
+                        ratio.map(|r| r >= 0.98),
+                    );
+                }
+            }
+            let at_last = rss(&name(&last.to_string(), "routed"));
+            let over = at_last.zip(rss("plain")).map(|(a, p)| a - p);
+            check(
+                format!(
+                    "{}: RSS {} MB = plain + {} MB <= plain + 60 MB",
+                    name(&last.to_string(), "routed"),
+                    fmt(at_last),
+                    fmt(over)
+                ),
+                over.map(|o| o <= 60.0),
+            );
         }
     }
 
@@ -583,6 +627,9 @@ fn report(
     println!("written to {}", out.join("cost.{json,md}").display());
     Ok(())
 }
+
+/// A variant's median figure by name.
+type Getter<'a> = &'a dyn Fn(&str) -> Option<f64>;
 
 fn fmt(v: Option<f64>) -> String {
     v.map_or("-".to_owned(), |v| format!("{v:.2}"))

@@ -3,6 +3,7 @@
 
 mod cost;
 mod fanout;
+mod hosts;
 mod load;
 mod propagation;
 
@@ -28,10 +29,19 @@ struct Cli {
 enum Command {
     /// Time from the control API acknowledging a write to every Envoy worker routing by it.
     Propagation(propagation::Args),
-    /// Envoy CPU per request, latency, throughput and RSS: sandbox-router against plain Envoy, native routes, Lua, a Wasm no-op.
+    /// Envoy CPU per request, latency, throughput and RSS: sandbox-router (Wasm and native) against plain Envoy, native routes, Lua, a Wasm and a native no-op.
     Cost(cost::Args),
     /// The control service's fan-out: time until N simulated proxies have a write.
     Fanout(fanout::Args),
+    /// For bench/callgrind.py: writes a store of N sandboxes, prints the routing key to route by.
+    #[command(hide = true)]
+    Store(hosts::StoreArgs),
+    /// For bench/callgrind.py: prints the shipped sidecar config of a host, rendered.
+    #[command(hide = true)]
+    SidecarConfig(hosts::SidecarArgs),
+    /// For bench/callgrind.py: prints the HTTP filter of a variant in the bench layout.
+    #[command(hide = true)]
+    Filter(hosts::FilterArgs),
 }
 
 #[tokio::main]
@@ -41,6 +51,9 @@ async fn main() -> Result<()> {
         Command::Propagation(args) => propagation::run(args, &cli.out).await,
         Command::Cost(args) => cost::run(args, &cli.out).await,
         Command::Fanout(args) => fanout::run(args, &cli.out).await,
+        Command::Store(args) => hosts::store(args),
+        Command::SidecarConfig(args) => hosts::sidecar_config(args),
+        Command::Filter(args) => hosts::print_filter(args),
     }
 }
 
