@@ -99,15 +99,20 @@ fn overrides_for(service: &str, sandbox: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(message.encode_to_vec())
 }
 
-/// One message of each kind: (name, headers, the consumer that must process it).
-fn batch(keys: &Keys, round: &str) -> Vec<(String, Vec<(String, String)>, &'static str)> {
+/// Header names and values.
+type Headers = Vec<(String, String)>;
+/// A message: its name (the payload), headers, and the consumer that must process it.
+type Sent = (String, Headers, &'static str);
+
+/// One message of each kind.
+fn batch(keys: &Keys, round: &str) -> Vec<Sent> {
     let baggage = |key: &str| {
         vec![(
             "baggage".to_owned(),
             format!("userId=7,sandbox-routing-key={key}"),
         )]
     };
-    let cases: Vec<(&str, Vec<(String, String)>, &'static str)> = vec![
+    let cases: Vec<(&str, Headers, &'static str)> = vec![
         (
             "no-key",
             vec![(
@@ -149,10 +154,7 @@ fn batch(keys: &Keys, round: &str) -> Vec<(String, Vec<(String, String)>, &'stat
 /// Processed messages: name -> the consumers that processed it.
 type Ledger = Arc<Mutex<BTreeMap<String, Vec<&'static str>>>>;
 
-fn publish_batch(
-    con: &mut redis::Connection,
-    messages: &[(String, Vec<(String, String)>, &'static str)],
-) {
+fn publish_batch(con: &mut redis::Connection, messages: &[Sent]) {
     for (name, headers, _) in messages {
         let mut fields: Vec<(&str, &[u8])> = headers
             .iter()
@@ -234,7 +236,7 @@ fn pending(con: &mut redis::Connection, group: &str) -> i64 {
     }
 }
 
-fn wait_processed(ledger: &Ledger, expected: &[(String, Vec<(String, String)>, &'static str)]) {
+fn wait_processed(ledger: &Ledger, expected: &[Sent]) {
     let done = poll_until(DEADLINE, || {
         let ledger = ledger.lock().unwrap();
         expected
