@@ -18,6 +18,12 @@
 //! and in gRPC metadata; sandboxes are created with the real CLI. Every answer is checked, and the demo exits
 //! non-zero if one lands anywhere unexpected. Everything it starts stops when
 //! it ends, or on Ctrl-C.
+//!
+//! Then a message hop ([`queue`]): the frontend's context goes into a job on a
+//! Redis stream, and of the two workers (baseline and sandboxed) exactly the
+//! right one processes it.
+
+mod queue;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,7 +34,7 @@ use sandbox_router_routing::mint::{self, Carried};
 use sandbox_router_routing::Source;
 use testbed::{
     get_via, poll_until, shipped_config, sidecar_config, wait_for_filter, ControlService,
-    EchoService, Envoy, Host, NextHop, Reply, SidecarPorts,
+    EchoService, Envoy, Host, NextHop, RedisBroker, Reply, SidecarPorts,
 };
 
 #[tokio::main]
@@ -45,6 +51,8 @@ async fn main() -> Result<()> {
 
 struct Demo {
     control: ControlService,
+    /// The message broker of the message hop.
+    broker: RedisBroker,
     edge: Envoy,
     edge_listener: SocketAddr,
     /// The testers' edge credential (`sandbox-router edge-credential`).
@@ -244,6 +252,9 @@ async fn run() -> Result<()> {
     )
     .await?;
 
+    step("A message hop: the frontend publishes a job to a Redis stream (the `jobs` stream), with the tracing context it received. Every worker, the baseline and the sandboxed one, reads every job through its own consumer group; only the sandboxed worker processes the job that carries its key.");
+    queue::message_hop(&mut demo).await?;
+
     let prefix = host.stat_prefix();
     step(&format!("Filter counters (Envoy admin /stats, {prefix}*):"));
     for (name, envoy) in [("edge", &demo.edge), ("frontend's sidecar", &demo.sidecar)] {
@@ -273,6 +284,8 @@ impl Demo {
             control.url(),
             control.db().display()
         );
+        let broker = RedisBroker::start()?;
+        println!("  message broker   redis-server on {}", broker.url());
 
         // Backends: the baseline, and a changed version that gets no normal traffic.
         let backend = EchoService::start("backend", "baseline").await?;
@@ -350,6 +363,7 @@ impl Demo {
         );
         Ok(Demo {
             control,
+            broker,
             edge,
             edge_listener,
             credential,
@@ -485,6 +499,16 @@ impl Demo {
             );
         }
         println!("    -> {served}  [{verdict}]\n");
+    }
+
+    /// Prints one checked outcome that is not a request's answer (the
+    /// message hop), and counts an unexpected one.
+    fn report_line(&mut self, what: &str, got: &str, expect: &str) {
+        let verdict = if got == expect { "ok" } else { "UNEXPECTED" };
+        if got != expect {
+            self.unexpected += 1;
+        }
+        println!("  {what}\n    -> {got}  [{verdict}]\n");
     }
 
     /// Polls until a request with `key` is answered by `expect`; returns how long it took.

@@ -31,5 +31,18 @@ fn demo_runs_and_every_request_lands_where_expected() {
         stdout.contains("-> frontend/baseline -> backend/backend-v2 (x3)  [ok]"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches("[ok]").count(), 18, "{stdout}");
+    // The message hop: each job processed by exactly the right worker.
+    assert!(
+        stdout.contains("job-1 processed by\n    -> worker/worker-v2  [ok]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("job-2 processed by\n    -> worker/baseline  [ok]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("worker.baseline    processed=1 skipped.sandboxed=1"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("[ok]").count(), 20, "{stdout}");
 }
