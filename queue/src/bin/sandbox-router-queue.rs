@@ -22,7 +22,7 @@ struct Cli {
     /// Address to serve on (port 0: any free port; the chosen one is printed).
     #[arg(long, default_value = "127.0.0.1:7072")]
     listen: SocketAddr,
-    /// The control service's gRPC address, e.g. http://127.0.0.1:7071.
+    /// The control service's gRPC address, e.g. http://127.0.0.1:7070 (the same address as its HTTP API).
     #[arg(long, conflicts_with = "table", required_unless_present = "table")]
     control: Option<String>,
     /// A static routing table, JSON (the filter's `table` field).
