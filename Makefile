@@ -164,9 +164,14 @@ $(VENV)/bin/kubernetes-validate: $(ENVOY)
 	@touch $@
 
 # The message broker of the queue tests and `make demo` (docs/message-queues.md):
-# Debian's redis-server, started by the test bed on a Unix socket.
-redis: ## Install redis-server (Debian's package) for the message-queue tests and the demo
+# Debian's redis-server, started by the test bed on a Unix socket; and redis-py
+# in .venv, for the documented Python consumer (queue/tests/python_consumer.rs).
+redis: $(VENV)/.redis-py ## Install redis-server (Debian's package) and redis-py (.venv) for the message-queue tests and the demo
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+
+$(VENV)/.redis-py: $(ENVOY)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check redis==8.1.0
+	@touch $@
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
