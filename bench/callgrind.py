@@ -43,10 +43,21 @@ import urllib.parse
 import urllib.request
 
 REPO = os.getcwd()
-ENVOY = os.environ.get(
-    "ENVOY_BIN",
-    glob.glob(os.path.join(REPO, ".venv/lib/python3*/site-packages/envoy/_bin/envoy"))[0],
-)
+
+
+def envoy_elf():
+    """The Envoy binary itself. valgrind must start Envoy, not the .venv's
+    Python launcher that the Makefile exports as ENVOY_BIN: with
+    --trace-children=no, the Envoy that launcher execs would run untraced."""
+    path = os.environ.get("ENVOY_BIN")
+    if path:
+        with open(path, "rb") as f:
+            if f.read(4) == b"\x7fELF":
+                return path
+    return glob.glob(os.path.join(REPO, ".venv/lib/python3*/site-packages/envoy/_bin/envoy"))[0]
+
+
+ENVOY = envoy_elf()
 WASM_DIR = os.path.join(REPO, "target/wasm32-wasip1/wasm")
 BENCH = os.path.join(REPO, "envoy-config/bench")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -268,15 +279,16 @@ def classify(totals):
 def dump(pid, outfile_base):
     """Dumps the counters; returns the new files (one per thread with --separate-threads)."""
     before = set(glob.glob(outfile_base + "*"))
-    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-    # the dump is written asynchronously by the next valgrind scheduler pass
-    for _ in range(600):
+    asked = subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, text=True)
+    # The dump is written asynchronously, by the next valgrind scheduler pass:
+    # on a loaded machine (seen here: two builds beside it) that took over 2 min.
+    for _ in range(3000):
         new = set(glob.glob(outfile_base + "*")) - before
         if new:
             time.sleep(2)
             return sorted(set(glob.glob(outfile_base + "*")) - before)
         time.sleep(0.2)
-    sys.exit("no dump appeared")
+    sys.exit(f"no dump appeared in 10 min; callgrind_control said: {asked.stdout.strip()}")
 
 
 def phase_counts(files, threads):
@@ -486,6 +498,8 @@ def main():
             vg = VALGRIND + ["--separate-threads=yes", f"--callgrind-out-file={out_base}.%p"]
             t0 = time.time()
             envoy = Envoy(make(), workdir, gname, valgrind=vg)
+            if not os.path.exists(f"{out_base}.{envoy.proc.pid}"):
+                sys.exit(f"{gname}: Envoy is not running under callgrind (no {out_base}.{envoy.proc.pid})")
             port = envoy.listeners()["outbound"]
             print(f"  {gname}: up in {time.time() - t0:.0f}s, port {port}", flush=True)
             try:
