@@ -32,6 +32,9 @@ use crate::{Consumer, Identity, StatsSnapshot, TableSource, Verdict};
 
 /// Most headers read from one message.
 const MAX_HEADERS: usize = 128;
+/// Most consumers (service, sandbox) counted by one endpoint: names come from
+/// callers, so the map they key must not grow without bound.
+const MAX_CONSUMERS: usize = 4096;
 
 /// What the endpoint serves from.
 pub struct Decider {
@@ -49,7 +52,9 @@ impl Decider {
         }
     }
 
-    fn consumer(&self, identity: Identity) -> Result<Arc<Consumer>, ApiError> {
+    /// The consumer of this identity, kept (with its counters and its
+    /// remembered fork) when `keep`.
+    fn consumer(&self, identity: Identity, keep: bool) -> Result<Arc<Consumer>, ApiError> {
         let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(consumer) = consumers.get(&identity) {
             return Ok(Arc::clone(consumer));
@@ -61,7 +66,15 @@ impl Decider {
         )
         .map_err(|e| ApiError::invalid(e.field, e.reason))?;
         let consumer = Arc::new(consumer);
-        consumers.insert(identity, Arc::clone(&consumer));
+        if keep {
+            if consumers.len() >= MAX_CONSUMERS {
+                return Err(ApiError::invalid(
+                    "service",
+                    "at most 4096 consumers (service and sandbox) per decision endpoint",
+                ));
+            }
+            consumers.insert(identity, Arc::clone(&consumer));
+        }
         Ok(consumer)
     }
 }
@@ -135,7 +148,7 @@ async fn owner(
 ) -> Result<Json<OwnerResponse>, ApiError> {
     let Json(request) = body.map_err(ApiError::from_json)?;
     check_headers(&request.headers)?;
-    let consumer = decider.consumer(Identity::baseline(request.service))?;
+    let consumer = decider.consumer(Identity::baseline(request.service), false)?;
     let table = consumer.table();
     if !table.is_synced() {
         return Err(ApiError::not_ready("table", "no routing table yet"));
@@ -172,7 +185,7 @@ async fn decide(
         service: request.service,
         sandbox: request.sandbox,
     };
-    let consumer = decider.consumer(identity)?;
+    let consumer = decider.consumer(identity, true)?;
     let table = consumer.table();
     consumer.readiness(&table).map_err(|why| {
         let field = if table.is_synced() {
@@ -214,7 +227,6 @@ async fn stats(State(decider): State<Arc<Decider>>) -> Json<Vec<ConsumerStats>> 
             sandbox: c.identity().sandbox.clone(),
             stats: c.stats().snapshot(),
         })
-        .filter(|c| c.stats != StatsSnapshot::default() || c.sandbox.is_some())
         .collect();
     all.sort_by(|a, b| (&a.service, &a.sandbox).cmp(&(&b.service, &b.sandbox)));
     Json(all)
