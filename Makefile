@@ -69,6 +69,7 @@ lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
 
 unit: ## Native unit and property tests of the core, the control service's model and store, the test bed, the native module
 	$(CARGO) test -p sandbox-router-proto -p sandbox-router-routing -p testbed -p sandbox-router-control -p sandbox-router-envoy-module --lib
+	$(CARGO) test -p sandbox-router-routing --test properties --test consumer
 	$(CARGO) test -p sandbox-router-oci
 
 VERSION       := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
