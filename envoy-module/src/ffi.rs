@@ -24,7 +24,9 @@ use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{null, NonNull};
 
-use crate::filter::{self, RequestHost};
+use smallvec::SmallVec;
+
+use crate::filter::{self, HeaderList, RequestHost, INLINE_HEADERS};
 use crate::Module;
 
 /// The ABI version the module was written against: Envoy 1.40.0's. Envoy
@@ -80,13 +82,31 @@ fn lend(bytes: &[u8]) -> ModuleBuffer {
     }
 }
 
-/// `envoy_dynamic_module_type_envoy_http_header` (in hook signatures only).
+/// `envoy_dynamic_module_type_envoy_http_header`: one header, as pointers
+/// into Envoy's map.
 #[repr(C)]
 pub struct EnvoyHttpHeader {
     key_ptr: *const u8,
     key_length: usize,
     value_ptr: *const u8,
     value_length: usize,
+}
+
+impl EnvoyHttpHeader {
+    /// # Safety
+    /// Both pointers must be valid for their lengths for `'a` (or be NULL).
+    unsafe fn as_pair<'a>(&self) -> (&'a [u8], &'a [u8]) {
+        let key = EnvoyBuffer {
+            ptr: self.key_ptr,
+            length: self.key_length,
+        };
+        let value = EnvoyBuffer {
+            ptr: self.value_ptr,
+            length: self.value_length,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { (key.as_slice(), value.as_slice()) }
+    }
 }
 
 // C enums are 32-bit.
@@ -106,7 +126,7 @@ mod envoy {
     pub use super::fake::*;
 
     #[cfg(not(test))]
-    use super::{EnvoyBuffer, ModuleBuffer};
+    use super::{EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer};
     #[cfg(not(test))]
     use std::ffi::c_void;
 
@@ -152,13 +172,14 @@ mod envoy {
         pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
             scheduler: *mut c_void,
         );
-        pub fn envoy_dynamic_module_callback_http_get_header(
+        pub fn envoy_dynamic_module_callback_http_get_headers_size(
             filter: *mut c_void,
             header_type: u32,
-            key: ModuleBuffer,
-            result: *mut EnvoyBuffer,
-            index: usize,
-            count_out: *mut usize,
+        ) -> usize;
+        pub fn envoy_dynamic_module_callback_http_get_headers(
+            filter: *mut c_void,
+            header_type: u32,
+            result: *mut EnvoyHttpHeader,
         ) -> bool;
         pub fn envoy_dynamic_module_callback_http_set_header(
             filter: *mut c_void,
@@ -362,25 +383,33 @@ impl Stream {
 }
 
 impl RequestHost for Stream {
-    fn request_header(&self, name: &str, index: usize) -> Option<(&[u8], usize)> {
-        let mut value = EnvoyBuffer::NULL;
-        let mut count = 0;
-        // SAFETY: `filter` is valid inside the hook; `name` is lent for the
-        // call; `value` and `count` are writable.
-        let found = unsafe {
-            envoy_dynamic_module_callback_http_get_header(
+    fn request_headers(&self) -> HeaderList<'_> {
+        // SAFETY: `filter` is valid inside the hook.
+        let size = unsafe {
+            envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER)
+        };
+        let mut raw: SmallVec<[EnvoyHttpHeader; INLINE_HEADERS]> = SmallVec::with_capacity(size);
+        // SAFETY: `filter` is valid inside the hook; `raw` has room for the
+        // `size` entries Envoy writes (the map cannot change in between: it
+        // changes only on this thread, which is running this hook).
+        let filled = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(
                 self.filter,
                 REQUEST_HEADER,
-                lend(name.as_bytes()),
-                &mut value,
-                index,
-                &mut count,
+                raw.as_mut_ptr(),
             )
         };
-        // SAFETY: the value points into Envoy's header map and stays valid
-        // until the hook returns or a setter runs; it is returned borrowing
-        // `self`, and every setter takes `&mut self`.
-        found.then(|| (unsafe { value.as_slice() }, count))
+        if !filled {
+            return HeaderList::new();
+        }
+        // SAFETY: Envoy initialised the first `size` entries.
+        unsafe { raw.set_len(size) };
+        raw.iter()
+            // SAFETY: each entry points into Envoy's header map, valid until
+            // the hook returns or a setter runs; the pairs borrow `self`, and
+            // every setter takes `&mut self`.
+            .map(|header| unsafe { header.as_pair() })
+            .collect()
     }
 
     fn source_address(&self) -> Option<Vec<u8>> {
@@ -823,7 +852,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 /// the real hooks: the same pointers, buffers and calls as Envoy.
 #[cfg(test)]
 pub mod fake {
-    use super::{EnvoyBuffer, ModuleBuffer};
+    use super::{EnvoyBuffer, EnvoyHttpHeader, ModuleBuffer};
     use std::ffi::c_void;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
@@ -992,35 +1021,30 @@ pub mod fake {
         }
     }
 
-    pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_header(
+    pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_headers_size(
         filter: *mut c_void,
         header_type: u32,
-        key: ModuleBuffer,
-        result: *mut EnvoyBuffer,
-        index: usize,
-        count_out: *mut usize,
+    ) -> usize {
+        map(filter, header_type).len()
+    }
+
+    pub unsafe extern "C" fn envoy_dynamic_module_callback_http_get_headers(
+        filter: *mut c_void,
+        header_type: u32,
+        result: *mut EnvoyHttpHeader,
     ) -> bool {
-        let headers = map(filter, header_type);
-        let key = bytes(key);
-        let mut values = headers.iter().filter(|(n, _)| n == key);
-        let count = values.clone().count();
-        if !count_out.is_null() {
-            // SAFETY: writable when not NULL.
-            unsafe { *count_out = count };
+        for (i, (name, value)) in map(filter, header_type).iter().enumerate() {
+            // SAFETY: the caller made room for get_headers_size entries.
+            unsafe {
+                result.add(i).write(EnvoyHttpHeader {
+                    key_ptr: name.as_ptr(),
+                    key_length: name.len(),
+                    value_ptr: value.as_ptr(),
+                    value_length: value.len(),
+                })
+            };
         }
-        match values.nth(index) {
-            Some((_, value)) => {
-                // SAFETY: writable.
-                unsafe {
-                    *result = EnvoyBuffer {
-                        ptr: value.as_ptr(),
-                        length: value.len(),
-                    }
-                };
-                true
-            }
-            None => false,
-        }
+        true
     }
 
     pub unsafe extern "C" fn envoy_dynamic_module_callback_http_set_header(

@@ -1,7 +1,14 @@
 //! The per-request work, in safe Rust over [`RequestHost`] (Envoy's callbacks
-//! in `ffi.rs`, a fake map in the unit tests): read the headers the plan can
-//! need by name, in place, call `Settings::plan`, apply its edits, count.
-//! The same steps as the proxy-wasm filter's `filter/src/request.rs`.
+//! in `ffi.rs`, a fake map in the unit tests): read the request's headers in
+//! place, call `Settings::plan`, apply its edits, count. The same steps as the
+//! proxy-wasm filter's `filter/src/request.rs`.
+//!
+//! Why the whole list and not the few names the plan can need
+//! (`Settings::header_names`): Envoy answers a by-name `get_header` with a
+//! lower-cased copy of the name and a linear search of its map, about 1,000
+//! instructions a name; one `get_headers` call hands over pointers to every
+//! header for about 900 in all (`make bench-instructions`, variants
+//! `module-get-headers` and `module-get-all-headers`). Neither copies a value.
 
 use std::cell::OnceCell;
 use std::net::SocketAddr;
@@ -12,16 +19,24 @@ use sandbox_router_routing::{
     Counter, Decision, ForkLookup, HeaderEdit, RequestFacts, RouteLookup, RoutingTable, Settings,
     ORIGINAL_DST_HEADER,
 };
+use smallvec::SmallVec;
 
 use crate::pushed::{Snapshot, TableReader};
+
+/// How many headers a request may have before its list leaves the stack
+/// (one allocation, for that request only).
+pub const INLINE_HEADERS: usize = 64;
+
+/// A request's headers, `(name, value)` in map order (every value of a
+/// repeated name), borrowed from the host's map.
+pub type HeaderList<'h> = SmallVec<[(&'h [u8], &'h [u8]); INLINE_HEADERS]>;
 
 /// What the module asks of Envoy while it handles one request's headers.
 /// Values borrow from the host (Envoy's header map): `&self` readers end
 /// before a `&mut self` setter can run, so no value outlives a change of the map.
 pub trait RequestHost {
-    /// Value `index` of request header `name` (lowercase) and how many values
-    /// the name has; `None` when it has no value `index`.
-    fn request_header(&self, name: &str, index: usize) -> Option<(&[u8], usize)>;
+    /// Every request header (lowercase names), in place: nothing is copied.
+    fn request_headers(&self) -> HeaderList<'_>;
     /// The downstream address (`IP:PORT`).
     fn source_address(&self) -> Option<Vec<u8>>;
     /// The cluster of the route Envoy chose.
@@ -79,18 +94,28 @@ pub const TEST_PANIC_HEADER: &str = "x-sandbox-router-test-panic";
 /// `debug_header` is on. A request without routing context allocates nothing
 /// here (a unit test counts).
 pub fn on_request_headers<H: RequestHost>(config: &FilterConfig, host: &mut H) -> Option<String> {
-    #[cfg(any(test, feature = "test-hooks"))]
-    if host.request_header(TEST_PANIC_HEADER, 0).is_some() {
-        #[allow(clippy::panic)]
-        {
-            panic!("{TEST_PANIC_HEADER} (a test build of the module)");
-        }
-    }
     let settings = &config.settings;
     let pick = config.next_endpoint.load(Ordering::Relaxed);
     let mut plan = {
         let reader: &H = host;
-        let scanned = settings.scan(ByName::new(reader, settings.header_names()));
+        let headers = reader.request_headers();
+        #[cfg(any(test, feature = "test-hooks"))]
+        if headers
+            .iter()
+            .any(|(name, _)| *name == TEST_PANIC_HEADER.as_bytes())
+        {
+            #[allow(clippy::panic)]
+            {
+                panic!("{TEST_PANIC_HEADER} (a test build of the module)");
+            }
+        }
+        // Header names are tokens (Envoy's codecs refuse any other name
+        // before filters run): a non-UTF-8 name cannot occur, and is skipped.
+        let scanned = settings.scan(
+            headers
+                .iter()
+                .filter_map(|&(name, value)| Some((std::str::from_utf8(name).ok()?, value))),
+        );
         let facts = Facts(reader);
         match &config.table {
             Table::Static => match &settings.table {
@@ -153,49 +178,6 @@ fn apply(host: &mut impl RequestHost, edit: &HeaderEdit) -> bool {
         // The plan never replaces a value with an empty one (Envoy would
         // remove the header instead).
         HeaderEdit::Replace(name, value) => host.set_request_header(name, Some(value)),
-    }
-}
-
-/// Every value of every name in `names`, read one at a time from the host,
-/// in place: no copy of the header map, no allocation.
-struct ByName<'h, H> {
-    host: &'h H,
-    names: std::slice::Iter<'h, String>,
-    /// The name being read, the next index, and its number of values.
-    current: Option<(&'h str, usize, usize)>,
-}
-
-impl<'h, H: RequestHost> ByName<'h, H> {
-    fn new(host: &'h H, names: &'h [String]) -> Self {
-        ByName {
-            host,
-            names: names.iter(),
-            current: None,
-        }
-    }
-}
-
-impl<'h, H: RequestHost> Iterator for ByName<'h, H> {
-    type Item = (&'h str, &'h [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some((name, index, count)) = self.current {
-                if index < count {
-                    self.current = Some((name, index + 1, count));
-                    match self.host.request_header(name, index) {
-                        Some((value, _)) => return Some((name, value)),
-                        None => continue,
-                    }
-                }
-                self.current = None;
-            }
-            let name = self.names.next()?.as_str();
-            if let Some((value, count)) = self.host.request_header(name, 0) {
-                self.current = Some((name, 1, count));
-                return Some((name, value));
-            }
-        }
     }
 }
 
@@ -283,10 +265,11 @@ pub mod tests {
     }
 
     impl RequestHost for FakeHost {
-        fn request_header(&self, name: &str, index: usize) -> Option<(&[u8], usize)> {
-            let mut values = self.headers.iter().filter(|(n, _)| n == name);
-            let count = values.clone().count();
-            values.nth(index).map(|(_, v)| (v.as_slice(), count))
+        fn request_headers(&self) -> HeaderList<'_> {
+            self.headers
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_slice()))
+                .collect()
         }
         fn source_address(&self) -> Option<Vec<u8>> {
             self.source.map(|s| s.as_bytes().to_vec())
