@@ -6,8 +6,8 @@
 //! - `ffi`: the C ABI, the only `unsafe` code, with a fake Envoy for the
 //!   unit tests;
 //! - `config`: the Wasm filter's JSON plus the `control` section;
-//! - `filter`: per request, read the headers the plan needs by name, in
-//!   place, apply the plan, count (safe Rust over the `RequestHost` trait);
+//! - `filter`: per request, read the header list in place, apply the plan,
+//!   count (safe Rust over the `RequestHost` trait);
 //! - `metrics`: the fixed counters and the watch's stats;
 //! - `pushed`: the process's one watch of the control service.
 
