@@ -142,6 +142,21 @@ class Envoy:
         return {l["name"]: l["local_address"]["socket_address"]["port_value"]
                 for l in doc.get("listener_statuses", [])}
 
+    def port(self, listener):
+        """A listener's port. The admin endpoint may be slow to answer while
+        Envoy's main thread is busy (under valgrind, a 100,000-key snapshot
+        written to shared data): asked again until the start deadline."""
+        deadline = time.time() + 600
+        while True:
+            ls = self.listeners()
+            if ls and listener in ls:
+                return ls[listener]
+            if self.proc.poll() is not None:
+                sys.exit(f"{self.dir}: Envoy exited")
+            if time.time() > deadline:
+                sys.exit(f"{self.dir}: no listener {listener}")
+            time.sleep(1)
+
     def stat(self, name):
         """A stat's value (0 when absent): the exact name."""
         q = urllib.parse.quote(f"^{re.escape(name)}$")
@@ -153,8 +168,12 @@ class Envoy:
         return 0
 
     def filter_stat(self, name):
-        """The filter's stat under either host's prefix (testbed::Host::stat_prefix)."""
-        return sum(self.stat(prefix + name) for prefix in ("wasmcustom.sandbox_router.", "sandbox_router."))
+        """The filter's stat under either host's prefix (testbed::Host::stat_prefix);
+        None while the admin endpoint does not answer (a busy main thread)."""
+        try:
+            return sum(self.stat(prefix + name) for prefix in ("wasmcustom.sandbox_router.", "sandbox_router."))
+        except OSError:
+            return None
 
     def rss_mb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -388,7 +407,7 @@ def main():
 
     upstream = Envoy(render(read("upstream.yaml"), {"ADMIN_PORT": "0", "LISTEN_PORT": "0"}),
                      workdir, "upstream")
-    up_port = upstream.listeners()["upstream"]
+    up_port = upstream.port("upstream")
     upstream_addr = f"127.0.0.1:{up_port}"
     template = read("envoy.yaml")
 
@@ -500,7 +519,7 @@ def main():
             envoy = Envoy(make(), workdir, gname, valgrind=vg)
             if not os.path.exists(f"{out_base}.{envoy.proc.pid}"):
                 sys.exit(f"{gname}: Envoy is not running under callgrind (no {out_base}.{envoy.proc.pid})")
-            port = envoy.listeners()["outbound"]
+            port = envoy.port("outbound")
             print(f"  {gname}: up in {time.time() - t0:.0f}s, port {port}", flush=True)
             try:
                 if size is not None:
@@ -586,7 +605,7 @@ def main():
 def measure_rss(envoy, traffics):
     """VmRSS after some traffic, and tcmalloc's view of it (admin /memory):
     what is allocated, and what the heap keeps free after a peak."""
-    port = envoy.listeners()["outbound"]
+    port = envoy.port("outbound")
     for headers in traffics:
         send(port, 300, headers, envoy.dir)
     time.sleep(2)
