@@ -88,18 +88,7 @@ async fn run() -> Result<()> {
     .await?;
 
     step("Create a sandbox for a changed backend (already running, receiving no traffic) with the CLI.");
-    let out = demo.cli(&[
-        "sandbox",
-        "create",
-        "backend-v2",
-        "--fork",
-        &format!("backend={backend_v2}"),
-    ])?;
-    let key = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("routing key: "))
-        .ok_or_else(|| anyhow!("no routing key in:\n{out}"))?
-        .to_owned();
+    let key = demo.create_sandbox("backend-v2", &format!("backend={backend_v2}"))?;
     let waited = demo
         .until_routed(&key, "frontend/baseline -> backend/backend-v2")
         .await?;
@@ -535,6 +524,16 @@ impl Demo {
         )
         .await?;
         Ok(start.elapsed())
+    }
+
+    /// `sandbox-router sandbox create NAME --fork FORK` (shown); returns the
+    /// routing key it printed.
+    fn create_sandbox(&self, name: &str, fork: &str) -> Result<String> {
+        let out = self.cli(&["sandbox", "create", name, "--fork", fork])?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("routing key: "))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no routing key in:\n{out}"))
     }
 
     /// Runs the CLI and shows the command and its output.

@@ -32,18 +32,10 @@ pub async fn message_hop(demo: &mut Demo) -> Result<()> {
     // A worker has no HTTP traffic; its fork registers an address of the
     // sandboxed workload (here a port it holds), which names the sandbox's workload.
     let worker_v2_port = TcpListener::bind("127.0.0.1:0")?;
-    let out = demo.cli(&[
-        "sandbox",
-        "create",
+    let key = demo.create_sandbox(
         "worker-v2",
-        "--fork",
         &format!("worker={}", worker_v2_port.local_addr()?),
-    ])?;
-    let key = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("routing key: "))
-        .ok_or_else(|| anyhow!("no routing key in:\n{out}"))?
-        .to_owned();
+    )?;
 
     let ledger: Ledger = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
