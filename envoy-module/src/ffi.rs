@@ -26,7 +26,7 @@ use std::ptr::{null, NonNull};
 
 use smallvec::SmallVec;
 
-use crate::filter::{self, HeaderList, RequestHost, INLINE_HEADERS};
+use crate::filter::{self, RequestHost};
 use crate::Module;
 
 /// The ABI version the module was written against: Envoy 1.40.0's. Envoy
@@ -382,13 +382,29 @@ impl Stream {
     }
 }
 
+/// How many headers a request may have before its list leaves the stack
+/// (one allocation, for that request only).
+const INLINE_HEADERS: usize = 64;
+
+/// Where Envoy writes a request's header list (pointers into its map): the
+/// filter's stack frame, so the list is written once and never moved.
+#[derive(Default)]
+pub struct HeaderBuffer(SmallVec<[EnvoyHttpHeader; INLINE_HEADERS]>);
+
 impl RequestHost for Stream {
-    fn request_headers(&self) -> HeaderList<'_> {
+    type HeaderBuffer = HeaderBuffer;
+
+    fn request_headers<'h>(
+        &'h self,
+        buffer: &'h mut HeaderBuffer,
+    ) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + 'h {
+        let raw = &mut buffer.0;
+        raw.clear();
         // SAFETY: `filter` is valid inside the hook.
         let size = unsafe {
             envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER)
         };
-        let mut raw: SmallVec<[EnvoyHttpHeader; INLINE_HEADERS]> = SmallVec::with_capacity(size);
+        raw.reserve(size);
         // SAFETY: `filter` is valid inside the hook; `raw` has room for the
         // `size` entries Envoy writes (the map cannot change in between: it
         // changes only on this thread, which is running this hook).
@@ -399,17 +415,15 @@ impl RequestHost for Stream {
                 raw.as_mut_ptr(),
             )
         };
-        if !filled {
-            return HeaderList::new();
+        if filled {
+            // SAFETY: Envoy initialised the first `size` entries.
+            unsafe { raw.set_len(size) };
         }
-        // SAFETY: Envoy initialised the first `size` entries.
-        unsafe { raw.set_len(size) };
         raw.iter()
             // SAFETY: each entry points into Envoy's header map, valid until
             // the hook returns or a setter runs; the pairs borrow `self`, and
             // every setter takes `&mut self`.
             .map(|header| unsafe { header.as_pair() })
-            .collect()
     }
 
     fn source_address(&self) -> Option<Vec<u8>> {

@@ -19,24 +19,23 @@ use sandbox_router_routing::{
     Counter, Decision, ForkLookup, HeaderEdit, RequestFacts, RouteLookup, RoutingTable, Settings,
     ORIGINAL_DST_HEADER,
 };
-use smallvec::SmallVec;
 
 use crate::pushed::{Snapshot, TableReader};
-
-/// How many headers a request may have before its list leaves the stack
-/// (one allocation, for that request only).
-pub const INLINE_HEADERS: usize = 64;
-
-/// A request's headers, `(name, value)` in map order (every value of a
-/// repeated name), borrowed from the host's map.
-pub type HeaderList<'h> = SmallVec<[(&'h [u8], &'h [u8]); INLINE_HEADERS]>;
 
 /// What the module asks of Envoy while it handles one request's headers.
 /// Values borrow from the host (Envoy's header map): `&self` readers end
 /// before a `&mut self` setter can run, so no value outlives a change of the map.
 pub trait RequestHost {
-    /// Every request header (lowercase names), in place: nothing is copied.
-    fn request_headers(&self) -> HeaderList<'_>;
+    /// Room for the host's list of a request's headers, on the caller's
+    /// stack: filled once per request, read in place by the iterator.
+    type HeaderBuffer: Default;
+    /// Every request header, `(name, value)` with lowercase names, in map
+    /// order (every value of a repeated name), borrowed from the host's map:
+    /// nothing is copied.
+    fn request_headers<'h>(
+        &'h self,
+        buffer: &'h mut Self::HeaderBuffer,
+    ) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + 'h;
     /// The downstream address (`IP:PORT`).
     fn source_address(&self) -> Option<Vec<u8>>;
     /// The cluster of the route Envoy chose.
@@ -98,24 +97,16 @@ pub fn on_request_headers<H: RequestHost>(config: &FilterConfig, host: &mut H) -
     let pick = config.next_endpoint.load(Ordering::Relaxed);
     let mut plan = {
         let reader: &H = host;
-        let headers = reader.request_headers();
+        let mut buffer = H::HeaderBuffer::default();
+        let headers = reader.request_headers(&mut buffer);
         #[cfg(any(test, feature = "test-hooks"))]
-        if headers
-            .iter()
-            .any(|(name, _)| *name == TEST_PANIC_HEADER.as_bytes())
-        {
+        let headers = headers.inspect(|(name, _)| {
             #[allow(clippy::panic)]
-            {
+            if *name == TEST_PANIC_HEADER.as_bytes() {
                 panic!("{TEST_PANIC_HEADER} (a test build of the module)");
             }
-        }
-        // Header names are tokens (Envoy's codecs refuse any other name
-        // before filters run): a non-UTF-8 name cannot occur, and is skipped.
-        let scanned = settings.scan(
-            headers
-                .iter()
-                .filter_map(|&(name, value)| Some((std::str::from_utf8(name).ok()?, value))),
-        );
+        });
+        let scanned = settings.scan(headers);
         let facts = Facts(reader);
         match &config.table {
             Table::Static => match &settings.table {
@@ -265,11 +256,14 @@ pub mod tests {
     }
 
     impl RequestHost for FakeHost {
-        fn request_headers(&self) -> HeaderList<'_> {
+        type HeaderBuffer = ();
+        fn request_headers<'h>(
+            &'h self,
+            _: &'h mut (),
+        ) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + 'h {
             self.headers
                 .iter()
                 .map(|(n, v)| (n.as_bytes(), v.as_slice()))
-                .collect()
         }
         fn source_address(&self) -> Option<Vec<u8>> {
             self.source.map(|s| s.as_bytes().to_vec())

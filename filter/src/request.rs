@@ -82,19 +82,14 @@ impl HttpContext for RouteRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // One host call for the whole map, read in place: header values stay
         // bytes (client controlled, maybe not UTF-8), and repeated headers
-        // (several `baggage` lines) are all seen. Header names are tokens:
-        // Envoy's codecs refuse any other name before filters run, so a
-        // non-UTF-8 name cannot occur (and would only be skipped).
+        // (several `baggage` lines) are all seen. Names are compared as
+        // bytes, as Envoy hands them over.
         let buffer = host_map::request_headers();
-        let headers: Vec<(&str, &[u8])> = header_map::pairs(&buffer)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, value)))
-            .collect();
+        let headers = header_map::pairs(&buffer).unwrap_or_default();
         #[cfg(feature = "test-trap")]
         if headers
             .iter()
-            .any(|(name, _)| *name == "x-sandbox-router-test-trap")
+            .any(|(name, _)| *name == b"x-sandbox-router-test-trap")
         {
             // Aborting in Wasm is an `unreachable` trap: the VM is dead.
             std::process::abort();

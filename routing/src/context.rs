@@ -244,7 +244,8 @@ pub struct Extracted {
 impl ContextConfig {
     /// Sorts the request's headers into what routing needs. `marker` is the
     /// filter's internal marker header name. Header names must be lowercase
-    /// (Envoy's header maps are).
+    /// (Envoy's header maps are); they are compared as bytes, so a host
+    /// hands over Envoy's names as they are (no UTF-8 check per name).
     /// `credential` names the edge credential header, if any.
     pub fn scan<'a, N, I>(
         &self,
@@ -253,31 +254,32 @@ impl ContextConfig {
         headers: I,
     ) -> RequestHeaders<'a>
     where
-        N: AsRef<str>,
+        N: AsRef<[u8]>,
         I: IntoIterator<Item = (N, &'a [u8])>,
     {
         let mut seen = RequestHeaders::default();
+        let credential = credential.map(str::as_bytes);
         for (name, value) in headers {
             let name = name.as_ref();
             match name {
-                ":authority" => seen.authority = Some(value),
-                ":path" if self.sources.contains(&Source::Query) => seen.path = Some(value),
-                "cookie" if self.reads_cookies => seen.cookies.push(value),
-                "baggage" => seen.baggage.push(value),
-                "traceparent" => seen.traceparent.push(value),
-                "tracestate" => seen.tracestate.push(value),
-                "x-ot-span-context" => seen.ot_span_context.push(value),
-                ORIGINAL_DST_HEADER => seen.internal_headers = true,
-                _ if name == marker => seen.internal_headers = true,
+                b":authority" => seen.authority = Some(value),
+                b":path" if self.sources.contains(&Source::Query) => seen.path = Some(value),
+                b"cookie" if self.reads_cookies => seen.cookies.push(value),
+                b"baggage" => seen.baggage.push(value),
+                b"traceparent" => seen.traceparent.push(value),
+                b"tracestate" => seen.tracestate.push(value),
+                b"x-ot-span-context" => seen.ot_span_context.push(value),
+                _ if name == ORIGINAL_DST_HEADER.as_bytes() => seen.internal_headers = true,
+                _ if name == marker.as_bytes() => seen.internal_headers = true,
                 _ if Some(name) == credential => {
                     seen.credential = seen.credential.or(Some(value));
                 }
                 _ => {
-                    if let Some(rest) = name.strip_prefix("ot-baggage-") {
+                    if let Some(rest) = name.strip_prefix(b"ot-baggage-") {
                         if let Some(slot) = self.slot(rest) {
                             seen.ot_baggage.push((slot, value));
                         }
-                    } else if let Some(rest) = name.strip_prefix("uberctx-") {
+                    } else if let Some(rest) = name.strip_prefix(b"uberctx-") {
                         if let Some(slot) = self.slot(rest) {
                             seen.uberctx.push((slot, value));
                         }
@@ -338,11 +340,11 @@ impl ContextConfig {
         found
     }
 
-    fn slot(&self, name: &str) -> Option<Slot> {
-        if let Some(i) = self.keys.iter().position(|k| k == name) {
+    fn slot(&self, name: &[u8]) -> Option<Slot> {
+        if let Some(i) = self.keys.iter().position(|k| k.as_bytes() == name) {
             return Some(Slot::Key(i));
         }
-        (self.overrides_key.as_deref() == Some(name)).then_some(Slot::Overrides)
+        (self.overrides_key.as_deref().map(str::as_bytes) == Some(name)).then_some(Slot::Overrides)
     }
 
     /// Reads the routing context from the scanned headers.
@@ -408,7 +410,7 @@ impl ContextConfig {
             let Ok(name) = std::str::from_utf8(member.key) else {
                 continue;
             };
-            let Some(slot) = self.slot(name) else {
+            let Some(slot) = self.slot(name.as_bytes()) else {
                 continue;
             };
             let offered = match member.value {
@@ -507,7 +509,7 @@ impl ContextConfig {
         };
         let mut found = Candidates::new(Encoding::Raw);
         for (name, value) in ctx.baggage_items {
-            if let Some(slot) = self.slot(&name) {
+            if let Some(slot) = self.slot(name.as_bytes()) {
                 found.offer(slot, Cow::Owned(value.into_bytes()))?;
             }
         }

@@ -340,10 +340,11 @@ impl Settings {
     }
 
     /// Sorts a request's headers (lowercase names) into what routing needs:
-    /// the whole header map, or only the [`Settings::header_names`].
+    /// the whole header map, or only the [`Settings::header_names`]. Names
+    /// are bytes (`&str` too): Envoy's, handed over unchecked.
     pub fn scan<'a, N, I>(&self, headers: I) -> RequestHeaders<'a>
     where
-        N: AsRef<str>,
+        N: AsRef<[u8]>,
         I: IntoIterator<Item = (N, &'a [u8])>,
     {
         let credential = self.edge.as_ref().map(|e| e.credential_header.as_str());

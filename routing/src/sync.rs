@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::shared::{key_entry, sandbox_entry, service_entry, INDEX_KEY, PREFIX, VERSION_KEY};
-use crate::table::{parse_endpoint, RoutingTable};
+use crate::table::{check_entry, parse_endpoint, ParsedForks, RoutingTable};
 
 /// Root id of the singleton WasmService in Envoy's bootstrap.
 pub const SYNC_ROOT_ID: &str = "sandbox_router_sync";
@@ -388,14 +388,14 @@ fn without_repeated_endpoints(mut entry: proto::TableEntry) -> proto::TableEntry
 /// once; a sandbox name is not taken from a routing key the delta leaves
 /// alone. `owner_of` answers which routing key holds a sandbox name now.
 ///
-/// Returns each upsert compiled on its own (in order), for a holder that
+/// Returns each upsert's forks as parsed (in order), for a holder that
 /// keeps the parsed endpoints.
-pub fn check_delta<'t>(
-    delta: &proto::TableDelta,
+pub fn check_delta<'d, 't>(
+    delta: &'d proto::TableDelta,
     synced: bool,
     version: u64,
     owner_of: impl Fn(&str) -> Option<&'t str>,
-) -> Result<Vec<RoutingTable>, ApplyError> {
+) -> Result<Vec<ParsedForks<'d>>, ApplyError> {
     if !synced || delta.base_version != version {
         return Err(ApplyError::WrongBase {
             base: delta.base_version,
@@ -405,14 +405,11 @@ pub fn check_delta<'t>(
     let touched: BTreeSet<&str> = touched_keys(delta).collect();
     let mut new_names = BTreeSet::new();
     let mut upserted = BTreeSet::new();
-    let mut compiled = Vec::with_capacity(delta.upserts.len());
+    let mut parsed = Vec::with_capacity(delta.upserts.len());
     for (i, entry) in delta.upserts.iter().enumerate() {
+        // Each upsert checked as a table of its own (the field path says so).
         let at = format!("delta.upserts[{i}]");
-        let one = proto::RoutingTable {
-            version: 0,
-            entries: vec![entry.clone()],
-        };
-        compiled.push(RoutingTable::compile(&one, &at).map_err(ApplyError::Invalid)?);
+        parsed.push(check_entry(entry, &at, 0, |_| false, |_| false).map_err(ApplyError::Invalid)?);
         // Twice in one delta is ambiguous; applied in turn, the first copy's
         // sandbox name would stay indexed to the key.
         if !upserted.insert(entry.routing_key.as_str()) {
@@ -433,7 +430,7 @@ pub fn check_delta<'t>(
             )));
         }
     }
-    Ok(compiled)
+    Ok(parsed)
 }
 
 /// Every routing key a delta removes or upserts.

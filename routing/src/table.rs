@@ -73,80 +73,107 @@ impl RoutingTable {
             ..RoutingTable::default()
         };
         for (i, entry) in table.entries.iter().enumerate() {
-            let at = format!("{field_prefix}.entries[{i}]");
-            if !is_valid_routing_key(entry.routing_key.as_bytes()) {
-                return Err(ConfigError::new(
-                    format!("{at}.routing_key"),
-                    "must be 1-64 characters of A-Z a-z 0-9 - _",
-                ));
-            }
-            if compiled.by_key.contains_key(&entry.routing_key) {
-                return Err(ConfigError::new(
-                    format!("{at}.routing_key"),
-                    "duplicate routing key",
-                ));
-            }
+            let forks = check_entry(
+                entry,
+                field_prefix,
+                i,
+                |key| compiled.by_key.contains_key(key),
+                |name| compiled.key_by_sandbox.contains_key(name),
+            )?;
             if !entry.sandbox.is_empty() {
-                if !is_valid_service_name(&entry.sandbox) {
-                    return Err(ConfigError::new(
-                        format!("{at}.sandbox"),
-                        "must be lowercase letters, digits, '-', '.', '_' (at most 253)",
-                    ));
-                }
-                if compiled
+                compiled
                     .key_by_sandbox
-                    .insert(entry.sandbox.clone(), entry.routing_key.clone())
-                    .is_some()
-                {
-                    return Err(ConfigError::new(
-                        format!("{at}.sandbox"),
-                        "duplicate sandbox name",
-                    ));
-                }
+                    .insert(entry.sandbox.clone(), entry.routing_key.clone());
             }
             let mut key_entry = KeyEntry::default();
-            for (j, fork) in entry.forks.iter().enumerate() {
-                let at = format!("{at}.forks[{j}]");
-                if !is_valid_service_name(&fork.service) {
-                    return Err(ConfigError::new(
-                        format!("{at}.service"),
-                        "must be lowercase letters, digits, '-', '.', '_' (at most 253)",
-                    ));
-                }
-                if fork.endpoints.is_empty() {
-                    return Err(ConfigError::new(
-                        format!("{at}.endpoints"),
-                        "must list at least one IP:PORT",
-                    ));
-                }
-                let mut endpoints = Vec::with_capacity(fork.endpoints.len());
-                for (k, endpoint) in fork.endpoints.iter().enumerate() {
-                    let addr = parse_endpoint(endpoint)
-                        .map_err(|why| ConfigError::new(format!("{at}.endpoints[{k}]"), why))?;
-                    if !endpoints.contains(&addr) {
-                        endpoints.push(addr);
-                    }
-                }
+            for (service, endpoints) in forks {
                 compiled
                     .registered
-                    .entry(fork.service.clone())
+                    .entry(service.to_owned())
                     .or_default()
                     .extend(endpoints.iter().copied());
-                if key_entry
-                    .forks
-                    .insert(fork.service.clone(), endpoints)
-                    .is_some()
-                {
-                    return Err(ConfigError::new(
-                        format!("{at}.service"),
-                        "service forked twice by the same routing key",
-                    ));
-                }
+                key_entry.forks.insert(service.to_owned(), endpoints);
             }
             compiled.by_key.insert(entry.routing_key.clone(), key_entry);
         }
         Ok(compiled)
     }
+}
+
+/// An entry's forks as [`check_entry`] parsed them: (service, endpoints), in
+/// the entry's order; endpoints never empty, repeats dropped.
+pub type ParsedForks<'a> = Vec<(&'a str, Vec<SocketAddr>)>;
+
+/// The rules of a table for its `index`th entry: what
+/// [`RoutingTable::compile`] checks of each entry, for a holder that builds
+/// its own index (the native watch) and should not compile a second copy
+/// just to validate. `key_taken` and `name_taken` say whether an earlier
+/// entry holds this routing key or sandbox name. Errors name the field as
+/// `{field_prefix}.entries[{index}]...`.
+pub fn check_entry<'e>(
+    entry: &'e proto::TableEntry,
+    field_prefix: &str,
+    index: usize,
+    key_taken: impl FnOnce(&str) -> bool,
+    name_taken: impl FnOnce(&str) -> bool,
+) -> Result<ParsedForks<'e>, ConfigError> {
+    // Paths are formatted only on error: a snapshot checks 100,000s.
+    let at = |field: &str| format!("{field_prefix}.entries[{index}]{field}");
+    if !is_valid_routing_key(entry.routing_key.as_bytes()) {
+        return Err(ConfigError::new(
+            at(".routing_key"),
+            "must be 1-64 characters of A-Z a-z 0-9 - _",
+        ));
+    }
+    if key_taken(&entry.routing_key) {
+        return Err(ConfigError::new(
+            at(".routing_key"),
+            "duplicate routing key",
+        ));
+    }
+    if !entry.sandbox.is_empty() {
+        if !is_valid_service_name(&entry.sandbox) {
+            return Err(ConfigError::new(
+                at(".sandbox"),
+                "must be lowercase letters, digits, '-', '.', '_' (at most 253)",
+            ));
+        }
+        if name_taken(&entry.sandbox) {
+            return Err(ConfigError::new(at(".sandbox"), "duplicate sandbox name"));
+        }
+    }
+    let mut forks: ParsedForks<'e> = Vec::with_capacity(entry.forks.len());
+    for (j, fork) in entry.forks.iter().enumerate() {
+        let at = |field: &str| at(&format!(".forks[{j}]{field}"));
+        if !is_valid_service_name(&fork.service) {
+            return Err(ConfigError::new(
+                at(".service"),
+                "must be lowercase letters, digits, '-', '.', '_' (at most 253)",
+            ));
+        }
+        if fork.endpoints.is_empty() {
+            return Err(ConfigError::new(
+                at(".endpoints"),
+                "must list at least one IP:PORT",
+            ));
+        }
+        let mut endpoints = Vec::with_capacity(fork.endpoints.len());
+        for (k, endpoint) in fork.endpoints.iter().enumerate() {
+            let addr = parse_endpoint(endpoint)
+                .map_err(|why| ConfigError::new(at(&format!(".endpoints[{k}]")), why))?;
+            if !endpoints.contains(&addr) {
+                endpoints.push(addr);
+            }
+        }
+        if forks.iter().any(|(service, _)| *service == fork.service) {
+            return Err(ConfigError::new(
+                at(".service"),
+                "service forked twice by the same routing key",
+            ));
+        }
+        forks.push((&fork.service, endpoints));
+    }
+    Ok(forks)
 }
 
 impl RouteLookup for RoutingTable {

@@ -298,18 +298,11 @@ fn apply_batch(shared: &Shared, batch: Vec<Received>) -> Outcome {
     };
     for update in batch {
         let base = pending.as_ref().map_or(&*held, |p| &p.table);
-        let applied = match &update {
-            Ok(update) => base.apply(update),
-            Err(_) => Err(ApplyError::Undecodable),
-        };
+        let applied = base.apply_encoded(&update);
         match applied {
-            Ok(applied) => {
+            Ok(table) => {
                 let updates = pending.as_ref().map_or(0, |p| p.updates) + 1;
-                pending = Some(Pending {
-                    table: applied.table,
-                    compiled: applied.compiled,
-                    updates,
-                });
+                pending = Some(Pending { table, updates });
             }
             Err(err) => {
                 if let Some(p) = pending.take() {
@@ -348,8 +341,6 @@ fn apply_batch(shared: &Shared, batch: Vec<Received>) -> Outcome {
 /// Updates applied onto the table held, not yet swapped in.
 struct Pending {
     table: Table,
-    /// The last one's compiled table, if it was a snapshot.
-    compiled: Option<RoutingTable>,
     updates: u64,
 }
 
@@ -359,12 +350,7 @@ struct Pending {
 fn publish(shared: &Shared, pending: Pending) -> Result<WatchRequest, WatchRequest> {
     let version = pending.table.version();
     let compiled = if shared.keep_compiled {
-        // A snapshot's own compile, unless its inner version disagrees.
-        let compiled = match pending.compiled {
-            Some(compiled) if compiled.version() == version => Ok(compiled),
-            _ => pending.table.to_routing_table(),
-        };
-        match compiled {
+        match pending.table.to_routing_table() {
             Ok(compiled) => Some(Arc::new(compiled)),
             Err(err) => {
                 // Every entry was validated on the way in: not expected.

@@ -1,23 +1,23 @@
 //! The Watch call's codec: tonic's prost encoding for what the watch sends,
-//! and a decoder that decodes each update on its own.
+//! and a decoder that hands each update over still encoded.
 //!
 //! tonic's `ProstCodec` turns an undecodable message into an error that ends
 //! the stream. The Wasm singleton instead refuses that one update (counted,
 //! answered with its error) and keeps the stream, so the native module must
-//! too: [`Received`] carries the decode error to the code that applies
-//! updates, as one more refused update.
+//! too: the code that applies updates decodes them
+//! ([`crate::Table::apply_encoded`]), and an undecodable one is one more
+//! refused update. It also decodes a snapshot one entry at a time.
 
-use bytes::Buf;
-use prost::Message;
-use sandbox_router_proto::v1::{TableUpdate, WatchRequest};
+use bytes::{Buf, Bytes};
+use sandbox_router_proto::v1::WatchRequest;
 use sandbox_router_routing::sync::{WATCH_METHOD, WATCH_SERVICE};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Status;
 use tonic_prost::ProstEncoder;
 
-/// One message of the stream: an update, or why it is not one.
-pub(crate) type Received = Result<TableUpdate, prost::DecodeError>;
+/// One message of the stream: an encoded `TableUpdate`, not yet decoded.
+pub(crate) type Received = Bytes;
 
 /// The gRPC path of `RoutingTableService.Watch`.
 pub(crate) fn watch_path() -> PathAndQuery {
@@ -52,10 +52,9 @@ impl Decoder for UpdateDecoder {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Received>, Status> {
-        // The whole message is taken first, so a decode that stops early
-        // leaves nothing behind to be read as the next message's frame.
-        let message = buf.copy_to_bytes(buf.remaining());
-        Ok(Some(TableUpdate::decode(message)))
+        // The whole message is taken, so a decode that stops early leaves
+        // nothing behind to be read as the next message's frame.
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -25,6 +25,7 @@
 mod client;
 mod codec;
 pub mod table;
+mod wire;
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -5,8 +5,9 @@
 //! The acceptance rules are the Wasm singleton's ([`PushedTable`]), checked
 //! against it by a differential property test (`tests/parity.rs`):
 //!
-//! - a snapshot is validated whole by [`RoutingTable::compile`] and replaces
-//!   everything;
+//! - a snapshot is validated whole, by the rules of [`RoutingTable::compile`]
+//!   (its [`check_entry`], entry by entry as the table is built), and
+//!   replaces everything;
 //! - a delta is checked by the singleton's own function,
 //!   [`check_delta`](sandbox_router_routing::sync::check_delta): it applies
 //!   only on top of the version held, after a snapshot; each upsert is
@@ -15,9 +16,8 @@
 //!   routing key the delta leaves alone;
 //! - a refused update changes nothing.
 //!
-//! Endpoints are parsed and de-duplicated by [`RoutingTable::compile`] itself
-//! (read back through [`RouteLookup::fork`]), so a lookup here answers exactly
-//! as a compiled [`RoutingTable`] of the same entries.
+//! Endpoints are parsed and de-duplicated by that same checker, so a lookup
+//! here answers exactly as a compiled [`RoutingTable`] of the same entries.
 //!
 //! [`PushedTable`]: sandbox_router_routing::sync::PushedTable
 
@@ -25,18 +25,27 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use prost::Message;
 use sandbox_router_proto::v1::{self as proto, table_update::Kind};
 use sandbox_router_routing::sync::{check_delta, ApplyError};
+use sandbox_router_routing::table::{check_entry, ParsedForks};
+
+use crate::wire;
 use sandbox_router_routing::{ConfigError, ForkLookup, RouteLookup, RoutingTable};
 
-/// One routing key's entry, validated and parsed.
+/// A routing key, sandbox or service name: shared, not copied, between the
+/// maps that index it (a service name is stored once for all its keys).
+type Name = Arc<str>;
+
+/// One routing key's entry, validated and parsed. Compact on purpose: a
+/// table holds 100,000s (see `tests/table_memory.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    /// Owning sandbox (or route group) name; empty: none.
-    sandbox: String,
+    /// Owning sandbox (or route group) name, if any.
+    sandbox: Option<Name>,
     /// service -> endpoints (never empty, no repeats). Few per key: a scan
-    /// beats hashing.
-    forks: Vec<(String, Vec<SocketAddr>)>,
+    /// beats a map.
+    forks: Box<[(Name, Box<[SocketAddr]>)]>,
 }
 
 /// The routing table the watch holds: routing key -> {service -> endpoints},
@@ -45,29 +54,23 @@ struct Entry {
 /// decision (`Settings::plan`) reads it like a compiled [`RoutingTable`].
 ///
 /// Cloning is O(1); [`Table::apply`] returns a new table sharing everything
-/// the update leaves alone. Measured (`tests/delta_cost.rs`, release, a
-/// shared 2-core machine): a one-key delta on a 100,000-key table takes
-/// p50 8-10 µs, p99 23-31 µs; compiling a [`RoutingTable`] of the same
-/// table takes 250-550 ms; a lookup about 40 ns.
+/// the update leaves alone. The maps are B-trees (`imbl::OrdMap`): their
+/// nodes are dense, where a hash trie's leaves are mostly empty slots
+/// (measured at 100,000 keys: 98 MB as hash tries, 30 MB as B-trees;
+/// `tests/table_memory.rs` holds the figure). Measured (`tests/delta_cost.rs`,
+/// release, a shared 2-core machine): a one-key delta on a 100,000-key table
+/// takes p50 8-10 µs, p99 23-31 µs; compiling a [`RoutingTable`] of the
+/// same table takes 250-550 ms; a lookup about 40 ns.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     version: u64,
     /// Whether a snapshot was applied (a delta needs one under it).
     synced: bool,
-    entries: imbl::HashMap<String, Arc<Entry>>,
+    entries: imbl::OrdMap<Name, Arc<Entry>>,
     /// sandbox name -> routing key.
-    names: imbl::HashMap<String, String>,
+    names: imbl::OrdMap<Name, Name>,
     /// service -> endpoint -> how many routing keys register it.
-    registered: imbl::HashMap<String, imbl::HashMap<SocketAddr, u32>>,
-}
-
-/// What [`Table::apply`] produced.
-#[derive(Debug)]
-pub struct Applied {
-    pub table: Table,
-    /// For a snapshot: the [`RoutingTable`] its validation compiled (the
-    /// same table, ready for [`crate::Watch::table`]).
-    pub compiled: Option<RoutingTable>,
+    registered: imbl::OrdMap<Name, imbl::OrdMap<SocketAddr, u32>>,
 }
 
 impl Table {
@@ -90,31 +93,30 @@ impl Table {
         self.synced
     }
 
-    /// Every routing key (in no particular order).
+    /// Every routing key, in order.
     pub fn routing_keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
+        self.entries.keys().map(|key| &**key)
     }
 
     /// The table as the protocol's message, entries sorted by routing key
     /// (endpoints written as the canonical `IP:PORT`).
     pub fn to_proto(&self) -> proto::RoutingTable {
-        let mut entries: Vec<proto::TableEntry> = self
+        let entries = self
             .entries
             .iter()
             .map(|(key, entry)| proto::TableEntry {
-                routing_key: key.clone(),
-                sandbox: entry.sandbox.clone(),
+                routing_key: key.to_string(),
+                sandbox: entry.sandbox.as_deref().unwrap_or_default().to_owned(),
                 forks: entry
                     .forks
                     .iter()
                     .map(|(service, endpoints)| proto::Fork {
-                        service: service.clone(),
+                        service: service.to_string(),
                         endpoints: endpoints.iter().map(SocketAddr::to_string).collect(),
                     })
                     .collect(),
             })
             .collect();
-        entries.sort_unstable_by(|a, b| a.routing_key.cmp(&b.routing_key));
         proto::RoutingTable {
             version: self.version,
             entries,
@@ -129,104 +131,137 @@ impl Table {
 
     /// Applies one update and returns the table it produces; `self` is left
     /// as it was (on error, nothing changes anywhere).
-    pub fn apply(&self, update: &proto::TableUpdate) -> Result<Applied, ApplyError> {
-        match &update.kind {
-            Some(Kind::Snapshot(table)) => {
-                let (mut table, compiled) = Table::from_snapshot(table)?;
-                table.version = update.version;
-                Ok(Applied {
-                    table,
-                    compiled: Some(compiled),
-                })
-            }
-            Some(Kind::Delta(delta)) => {
-                let mut table = self.with_delta(delta)?;
-                table.version = update.version;
-                Ok(Applied {
-                    table,
-                    compiled: None,
-                })
-            }
-            None => Err(ApplyError::Empty),
+    pub fn apply(&self, update: &proto::TableUpdate) -> Result<Table, ApplyError> {
+        let mut table = match &update.kind {
+            Some(Kind::Snapshot(snapshot)) => Table::from_snapshot(snapshot)?,
+            Some(Kind::Delta(delta)) => self.with_delta(delta)?,
+            None => return Err(ApplyError::Empty),
+        };
+        table.version = update.version;
+        Ok(table)
+    }
+
+    /// [`Table::apply`] of an encoded `TableUpdate`, with the same result,
+    /// but a snapshot's entries are decoded, checked and indexed one at a
+    /// time: the decoded snapshot is never held whole (see [`crate::wire`]).
+    /// A message both undecodable and invalid may be refused for either
+    /// reason (it is refused, and changes nothing, either way).
+    pub fn apply_encoded(&self, update: &[u8]) -> Result<Table, ApplyError> {
+        let Some(snapshot) = wire::snapshot(update)? else {
+            let update = proto::TableUpdate::decode(update).map_err(|_| ApplyError::Undecodable)?;
+            return self.apply(&update);
+        };
+        let mut table = Table::building();
+        let mut entries = 0;
+        snapshot.for_each_entry(|entry| {
+            let entry = proto::TableEntry::decode(entry).map_err(|_| ApplyError::Undecodable)?;
+            table.add(&entry, entries)?;
+            entries += 1;
+            Ok(())
+        })?;
+        table.version = snapshot.version;
+        Ok(table)
+    }
+
+    fn from_snapshot(snapshot: &proto::RoutingTable) -> Result<Table, ApplyError> {
+        let mut table = Table::building();
+        for (i, entry) in snapshot.entries.iter().enumerate() {
+            table.add(entry, i)?;
+        }
+        Ok(table)
+    }
+
+    /// An empty table that a snapshot's entries are added to.
+    fn building() -> Table {
+        Table {
+            synced: true,
+            ..Table::default()
         }
     }
 
-    fn from_snapshot(snapshot: &proto::RoutingTable) -> Result<(Table, RoutingTable), ApplyError> {
-        // The same validation as a configured table, and as the singleton's.
-        let compiled = RoutingTable::compile(snapshot, "snapshot").map_err(ApplyError::Invalid)?;
-        let mut table = Table {
-            synced: true,
-            ..Table::default()
-        };
-        for entry in &snapshot.entries {
-            table.index(&entry.routing_key, parsed(&compiled, entry));
-        }
-        Ok((table, compiled))
+    /// Checks a snapshot's `i`th entry by the rules of a configured table
+    /// ([`check_entry`], what [`RoutingTable::compile`] runs; the entries
+    /// before it are those already added) and adds it: no second, compiled
+    /// copy of the table is made just to validate it.
+    fn add(&mut self, entry: &proto::TableEntry, i: usize) -> Result<(), ApplyError> {
+        let forks = check_entry(
+            entry,
+            "snapshot",
+            i,
+            |key| self.entries.contains_key(key),
+            |name| self.names.contains_key(name),
+        )
+        .map_err(ApplyError::Invalid)?;
+        self.index(entry, forks);
+        Ok(())
     }
 
     /// Validates the whole delta first (by the singleton's own rules,
     /// [`check_delta`]), then changes a clone: only the touched keys, names
     /// and services.
     fn with_delta(&self, delta: &proto::TableDelta) -> Result<Table, ApplyError> {
-        let compiled = check_delta(delta, self.synced, self.version, |name| {
-            self.names.get(name).map(String::as_str)
+        let parsed = check_delta(delta, self.synced, self.version, |name| {
+            self.names.get(name).map(|key| &**key)
         })?;
-        let upserted: Vec<(&str, Entry)> = delta
-            .upserts
-            .iter()
-            .zip(&compiled)
-            .map(|(entry, compiled)| (entry.routing_key.as_str(), parsed(compiled, entry)))
-            .collect();
         // Validated: now change a clone (O(1)); each change below copies
         // only the path to what it touches.
         let mut table = self.clone();
         for key in &delta.removed_keys {
             table.unindex(key);
         }
-        for (key, _) in &upserted {
-            table.unindex(key);
+        for entry in &delta.upserts {
+            table.unindex(&entry.routing_key);
         }
-        for (key, entry) in upserted {
-            table.index(key, entry);
+        for (entry, forks) in delta.upserts.iter().zip(parsed) {
+            table.index(entry, forks);
         }
         Ok(table)
     }
 
-    fn index(&mut self, key: &str, entry: Entry) {
-        if !entry.sandbox.is_empty() {
-            self.names.insert(entry.sandbox.clone(), key.to_owned());
+    /// Adds a validated entry (its key is not in the table).
+    fn index(&mut self, entry: &proto::TableEntry, forks: ParsedForks<'_>) {
+        let key: Name = Arc::from(entry.routing_key.as_str());
+        let sandbox = (!entry.sandbox.is_empty()).then(|| Name::from(entry.sandbox.as_str()));
+        if let Some(name) = &sandbox {
+            self.names.insert(Arc::clone(name), Arc::clone(&key));
         }
-        for (service, endpoints) in &entry.forks {
-            // In place: copies only the path to what changes, and nothing
-            // when this table is the only owner (building a snapshot).
-            if let Some(counts) = self.registered.get_mut(service.as_str()) {
-                for endpoint in endpoints {
-                    *counts.entry(*endpoint).or_insert(0) += 1;
-                }
-            } else {
-                let counts = endpoints.iter().map(|endpoint| (*endpoint, 1)).collect();
-                self.registered.insert(service.clone(), counts);
-            }
-        }
-        self.entries.insert(key.to_owned(), Arc::new(entry));
+        let forks = forks
+            .into_iter()
+            .map(|(service, endpoints)| {
+                // In place: copies only the path to what changes, and
+                // nothing when this table is the only owner (a snapshot).
+                let service =
+                    if let Some((name, counts)) = self.registered.get_key_value_mut(service) {
+                        for endpoint in &endpoints {
+                            *counts.entry(*endpoint).or_insert(0) += 1;
+                        }
+                        Arc::clone(name)
+                    } else {
+                        let name = Name::from(service);
+                        let counts = endpoints.iter().map(|endpoint| (*endpoint, 1u32)).collect();
+                        self.registered.insert(Arc::clone(&name), counts);
+                        name
+                    };
+                (service, endpoints.into_boxed_slice())
+            })
+            .collect();
+        self.entries.insert(key, Arc::new(Entry { sandbox, forks }));
     }
 
     fn unindex(&mut self, key: &str) {
         let Some(old) = self.entries.remove(key) else {
             return;
         };
-        if self
-            .names
-            .get(old.sandbox.as_str())
-            .is_some_and(|k| k == key)
-        {
-            self.names.remove(old.sandbox.as_str());
+        if let Some(name) = &old.sandbox {
+            if self.names.get(&**name).is_some_and(|k| &**k == key) {
+                self.names.remove(&**name);
+            }
         }
-        for (service, endpoints) in &old.forks {
-            let Some(counts) = self.registered.get_mut(service.as_str()) else {
+        for (service, endpoints) in old.forks.iter() {
+            let Some(counts) = self.registered.get_mut(&**service) else {
                 continue;
             };
-            for endpoint in endpoints {
+            for endpoint in endpoints.iter() {
                 match counts.get_mut(endpoint) {
                     Some(n) if *n > 1 => *n -= 1,
                     _ => {
@@ -235,29 +270,9 @@ impl Table {
                 }
             }
             if counts.is_empty() {
-                self.registered.remove(service.as_str());
+                self.registered.remove(&**service);
             }
         }
-    }
-}
-
-/// `entry` as `compiled` (which holds it, validated) parsed it.
-fn parsed(compiled: &RoutingTable, entry: &proto::TableEntry) -> Entry {
-    let forks = entry
-        .forks
-        .iter()
-        .filter_map(
-            |fork| match compiled.fork(&entry.routing_key, &fork.service) {
-                ForkLookup::Endpoints(endpoints) => {
-                    Some((fork.service.clone(), endpoints.into_owned()))
-                }
-                ForkLookup::UnknownKey | ForkLookup::NoFork => None,
-            },
-        )
-        .collect();
-    Entry {
-        sandbox: entry.sandbox.clone(),
-        forks,
     }
 }
 
@@ -266,14 +281,14 @@ impl RouteLookup for Table {
         let Some(entry) = self.entries.get(routing_key) else {
             return ForkLookup::UnknownKey;
         };
-        match entry.forks.iter().find(|(s, _)| s == service) {
+        match entry.forks.iter().find(|(s, _)| &**s == service) {
             Some((_, endpoints)) => ForkLookup::Endpoints(Cow::Borrowed(endpoints)),
             None => ForkLookup::NoFork,
         }
     }
 
     fn routing_key_of(&self, sandbox: &str) -> Option<Cow<'_, str>> {
-        self.names.get(sandbox).map(|k| Cow::Borrowed(k.as_str()))
+        self.names.get(sandbox).map(|k| Cow::Borrowed(&**k))
     }
 
     fn is_registered(&self, service: &str, endpoint: SocketAddr) -> bool {
@@ -338,8 +353,7 @@ mod tests {
                     entry("kb", "b", "backend", "10.0.0.1:80"),
                 ],
             ))
-            .unwrap()
-            .table;
+            .unwrap();
         assert_eq!((t1.version(), t1.len()), (1, 2));
         assert_eq!(
             t1.fork("ka", "backend"),
@@ -355,8 +369,7 @@ mod tests {
                 vec![entry("kc", "c", "users", "10.0.0.3:80")],
                 &["ka"],
             ))
-            .unwrap()
-            .table;
+            .unwrap();
         assert_eq!(t2.fork("ka", "backend"), ForkLookup::UnknownKey);
         assert_eq!(t2.routing_key_of("a"), None);
         // kb still registers the endpoint ka shared with it.
@@ -366,7 +379,7 @@ mod tests {
         assert_eq!(t1.routing_key_of("a").as_deref(), Some("ka"));
         assert!(!t1.is_registered("users", addr("10.0.0.3:80")));
 
-        let t3 = t2.apply(&delta(3, 2, vec![], &["kb"])).unwrap().table;
+        let t3 = t2.apply(&delta(3, 2, vec![], &["kb"])).unwrap();
         assert!(!t3.is_registered("backend", addr("10.0.0.1:80")));
         assert_eq!(t3.to_proto().entries.len(), 1);
         let compiled = t3.to_routing_table().unwrap();
@@ -386,8 +399,7 @@ mod tests {
                 1,
                 vec![entry("ka", "a", "backend", "10.0.0.1:80")],
             ))
-            .unwrap()
-            .table;
+            .unwrap();
         assert!(matches!(
             t1.apply(&delta(3, 2, vec![], &[])),
             Err(ApplyError::WrongBase { base: 2, held: 1 })
@@ -409,7 +421,7 @@ mod tests {
             ],
             &[],
         );
-        let t2 = t1.apply(&moved).unwrap().table;
+        let t2 = t1.apply(&moved).unwrap();
         assert_eq!(t2.routing_key_of("a").as_deref(), Some("kb"));
         let bad_snapshot = snapshot(5, vec![entry("k k", "", "backend", "10.0.0.1:80")]);
         assert!(matches!(
