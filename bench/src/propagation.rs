@@ -11,6 +11,15 @@
 //! `--host` picks the sandbox-router every Envoy runs: the Wasm filter (its
 //! singleton writes the table into shared data) or the native module (its
 //! watch thread swaps the table in process memory).
+//!
+//! `--until acked` measures instead until every proxy has acknowledged the
+//! version (`GET /v1/proxies`, polled by one client), then checks that every
+//! connection routes by the key at its first request (a write whose check
+//! fails stops the run). A proxy acknowledges a version after it applied it,
+//! so this bounds the time to routing from above without 40 pollers
+//! competing for the CPU they measure. It is exact for the native module,
+//! whose workers all read the one table the watch swaps; a Wasm worker may
+//! still be reading its shared data, which is why the check follows.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -38,6 +47,17 @@ pub struct Args {
     /// The host of sandbox-router: wasm or native.
     #[arg(long, value_parser = crate::hosts::parse_host, default_value = "wasm")]
     host: Host,
+    /// What ends a write's measurement: every connection routed (polled),
+    /// or every proxy acknowledged the version (then every connection is
+    /// checked once).
+    #[arg(long, value_enum, default_value_t = Until::Routed)]
+    until: Until,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Until {
+    Routed,
+    Acked,
 }
 
 pub async fn run(args: Args, out: &Path) -> Result<()> {
@@ -106,6 +126,21 @@ pub async fn run(args: Args, out: &Path) -> Result<()> {
             .unwrap_or_default()
             .to_owned();
         let value = format!("sandbox-routing-key={key}");
+        if args.until == Until::Acked {
+            let version = created["version"].as_u64().unwrap_or(u64::MAX);
+            samples.push(until_acked(&control, args.envoys, version, acked).await?);
+            for (http, listener) in &pollers {
+                let reply =
+                    get_via(http, *listener, "backend", &[("baggage", value.as_bytes())]).await?;
+                if reply.served_by() != "backend/sandbox" {
+                    bail!("every proxy acknowledged version {version}, but a connection to {listener} was not routed by it");
+                }
+            }
+            control
+                .api(Method::DELETE, &format!("/v1/sandboxes/{name}"), None)
+                .await?;
+            continue;
+        }
         // All connections poll at once, each on its own task.
         let waits: Vec<_> = pollers
             .iter()
@@ -143,9 +178,14 @@ pub async fn run(args: Args, out: &Path) -> Result<()> {
         Host::Native => 10,
     };
     let pct = |p: f64| crate::percentile_ms(&samples, p);
+    let until = match args.until {
+        Until::Routed => "routed",
+        Until::Acked => "acked",
+    };
     let result = json!({
         "benchmark": "propagation",
         "host": args.host.name(),
+        "until": until,
         "envoys": args.envoys,
         "concurrency": args.concurrency,
         "connections_per_envoy": 2 * args.concurrency,
@@ -157,16 +197,47 @@ pub async fn run(args: Args, out: &Path) -> Result<()> {
         "target_p99_ms": target_ms,
     });
     println!(
-        "propagation ({}), {} Envoy(s) x {} workers, {} writes: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= {target_ms} ms)",
+        "propagation ({}, until {until}), {} Envoy(s) x {} workers, {} writes: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= {target_ms} ms)",
         args.host.name(), args.envoys, args.concurrency, samples.len(), pct(0.5), pct(0.9), pct(0.99), pct(1.0)
     );
     std::fs::create_dir_all(out)?;
     // The Wasm build's file keeps the name earlier results have.
-    let file = match args.host {
-        Host::Wasm => out.join(format!("propagation-{}-envoys.json", args.envoys)),
-        Host::Native => out.join(format!("propagation-{}-envoys-native.json", args.envoys)),
+    let host = match args.host {
+        Host::Wasm => "",
+        Host::Native => "-native",
     };
+    let until = match args.until {
+        Until::Routed => "",
+        Until::Acked => "-acked",
+    };
+    let file = out.join(format!(
+        "propagation-{}-envoys{host}{until}.json",
+        args.envoys
+    ));
     std::fs::write(&file, serde_json::to_string_pretty(&result)? + "\n")?;
     println!("written to {}", file.display());
     Ok(())
+}
+
+/// Polls the control service until each of `envoys` proxies acknowledged
+/// `version` (or a later one); the time since `acked`.
+async fn until_acked(
+    control: &ControlService,
+    envoys: usize,
+    version: u64,
+    acked: Instant,
+) -> Result<Duration> {
+    while acked.elapsed() < Duration::from_secs(10) {
+        let (_, body) = control.api(Method::GET, "/v1/proxies", None).await?;
+        let applied = body["proxies"].as_array().map_or(0, |proxies| {
+            proxies
+                .iter()
+                .filter(|p| p["applied_version"].as_u64() >= Some(version))
+                .count()
+        });
+        if applied >= envoys {
+            return Ok(acked.elapsed());
+        }
+    }
+    bail!("version {version} not acknowledged by {envoys} proxies within 10 s")
 }

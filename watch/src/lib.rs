@@ -121,7 +121,7 @@ impl Watch {
 
     /// Like [`Watch::start`], for a host that reads through [`Watch::lookup`]:
     /// an update costs only what it changes (a one-key delta on a
-    /// 100,000-key table: about 10 µs, against hundreds of ms to compile a
+    /// 100,000-key table: about 3 µs, against hundreds of ms to compile a
     /// [`RoutingTable`] of it), and [`Watch::table`] is compiled on
     /// the calling thread at its first call after each update (O(table);
     /// cached for the others).
