@@ -12,31 +12,16 @@
 
 use std::time::{Duration, Instant};
 
-use sandbox_router_proto::v1::{
-    table_update::Kind, Fork, RoutingTable, TableDelta, TableEntry, TableUpdate,
-};
+mod common;
+
+use common::{entry, snapshot};
+use sandbox_router_proto::v1::{table_update::Kind, TableDelta, TableUpdate};
 use sandbox_router_proto::Message;
 use sandbox_router_routing::{ForkLookup, RouteLookup, RoutingTable as Compiled};
 use sandbox_router_watch::Table;
 
 const KEYS: usize = 100_000;
 const DELTAS: usize = 1_000;
-
-fn entry(i: usize) -> TableEntry {
-    TableEntry {
-        routing_key: format!("key{i:021}"),
-        sandbox: format!("sandbox-{i}"),
-        forks: vec![Fork {
-            service: "backend".into(),
-            endpoints: vec![format!(
-                "10.{}.{}.{}:8080",
-                i >> 16,
-                (i >> 8) & 255,
-                i & 255
-            )],
-        }],
-    }
-}
 
 fn summary(mut samples: Vec<Duration>) -> String {
     samples.sort();
@@ -52,13 +37,7 @@ fn summary(mut samples: Vec<Duration>) -> String {
 #[test]
 #[ignore = "a measurement: run with --release -- --ignored --nocapture"]
 fn one_key_delta_on_a_100k_key_table() {
-    let snapshot = TableUpdate {
-        version: 1,
-        kind: Some(Kind::Snapshot(RoutingTable {
-            version: 1,
-            entries: (0..KEYS).map(entry).collect(),
-        })),
-    };
+    let snapshot = snapshot(KEYS);
     println!(
         "snapshot of {KEYS} keys: {} bytes encoded",
         snapshot.encoded_len()

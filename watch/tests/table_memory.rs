@@ -7,7 +7,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use sandbox_router_proto::v1::{table_update::Kind, Fork, RoutingTable, TableEntry, TableUpdate};
+mod common;
+
 use sandbox_router_proto::Message;
 use sandbox_router_watch::Table;
 
@@ -33,22 +34,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-fn entry(i: usize) -> TableEntry {
-    TableEntry {
-        routing_key: format!("key{i:021}"),
-        sandbox: format!("sandbox-{i}"),
-        forks: vec![Fork {
-            service: "backend".into(),
-            endpoints: vec![format!(
-                "10.{}.{}.{}:8080",
-                i >> 16,
-                (i >> 8) & 255,
-                i & 255
-            )],
-        }],
-    }
-}
-
 const MB: f64 = 1_048_576.0;
 const KEYS: usize = 100_000;
 
@@ -58,14 +43,7 @@ const KEYS: usize = 100_000;
 /// `bench/callgrind.py --rss`): an allocator keeps a peak's pages mapped.
 #[test]
 fn a_100k_key_table_is_compact_and_built_without_a_decoded_copy() {
-    let encoded = TableUpdate {
-        version: 1,
-        kind: Some(Kind::Snapshot(RoutingTable {
-            version: 1,
-            entries: (0..KEYS).map(entry).collect(),
-        })),
-    }
-    .encode_to_vec();
+    let encoded = common::snapshot(KEYS).encode_to_vec();
     let before = NOW.load(Relaxed);
     PEAK.store(before, Relaxed);
     let table = Table::default().apply_encoded(&encoded).unwrap();
