@@ -123,6 +123,8 @@ bench: deps wasm module wrk ## Benchmarks of both hosts against plain Envoy, nat
 	target/release/sandbox-router-bench propagation --envoys 10 --updates 200
 	target/release/sandbox-router-bench propagation --envoys 1 --updates 200 --host native
 	target/release/sandbox-router-bench propagation --envoys 10 --updates 200 --host native
+	target/release/sandbox-router-bench propagation --envoys 10 --updates 200 --host native --until acked
+	target/release/sandbox-router-bench propagation --envoys 10 --updates 200 --until acked
 	target/release/sandbox-router-bench fanout --watchers 1000 --updates 50
 	$(CARGO) bench -p sandbox-router-bench --bench core -- --noplot 2>&1 | tee bench/results/core.txt
 	$(MAKE) bench-instructions
@@ -140,6 +142,7 @@ bench-quick: deps build ## Smoke run of every benchmark harness (checks it works
 	target/debug/sandbox-router-bench --out target/bench-smoke cost --quick
 	target/debug/sandbox-router-bench --out target/bench-smoke propagation --envoys 2 --updates 5
 	target/debug/sandbox-router-bench --out target/bench-smoke propagation --envoys 2 --updates 5 --host native
+	target/debug/sandbox-router-bench --out target/bench-smoke propagation --envoys 2 --updates 5 --host native --until acked
 	target/debug/sandbox-router-bench --out target/bench-smoke fanout --watchers 20 --updates 3
 	$(CARGO) bench -p sandbox-router-bench --bench core -- --test
 
