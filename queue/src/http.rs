@@ -153,13 +153,7 @@ async fn owner(
     if !table.is_synced() {
         return Err(ApiError::not_ready("table", "no routing table yet"));
     }
-    let owner = consumer.owner(
-        request
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes())),
-        &table,
-    );
+    let owner = consumer.owner(pairs(&request.headers), &table);
     Ok(Json(OwnerResponse {
         owner: owner.claim_text(),
         table_version: table.version(),
@@ -195,13 +189,7 @@ async fn decide(
         };
         ApiError::not_ready(field, why)
     })?;
-    let owner = consumer.owner(
-        request
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes())),
-        &table,
-    );
+    let owner = consumer.owner(pairs(&request.headers), &table);
     let recorded = claimed.unwrap_or_else(|| owner.clone());
     let decision = consumer.settle(owner, recorded, &table);
     consumer.count(&decision);
@@ -216,6 +204,11 @@ async fn decide(
         recorded: decision.recorded.claim_text(),
         table_version: decision.table_version,
     }))
+}
+
+/// A request's headers as the consumer reads them.
+fn pairs(headers: &[(String, String)]) -> impl Iterator<Item = (&str, &[u8])> {
+    headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))
 }
 
 async fn stats(State(decider): State<Arc<Decider>>) -> Json<Vec<ConsumerStats>> {
