@@ -62,9 +62,12 @@ wasm: wasm-target ## Build the filter (target/wasm32-wasip1/wasm/sandbox_router_
 	$(CARGO) build --profile wasm -p sandbox-router-filter -p noop-filter --target $(WASM_TARGET)
 	@ls -l $(WASM) | awk '{print "  filter: " $$NF " (" $$5 " bytes)"}'
 
-lint: wasm-target ## rustfmt, and clippy with warnings denied (native and wasm)
+lint: wasm-target ## rustfmt, and clippy with warnings denied (native, the module's test build, the bench floor module, wasm)
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path bench/noop-module/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p sandbox-router-envoy-module --all-targets --features test-hooks -- -D warnings
+	$(CARGO) clippy --manifest-path bench/noop-module/Cargo.toml --target-dir target -- -D warnings
 	$(CARGO) clippy -p sandbox-router-filter --target $(WASM_TARGET) -- -D warnings
 
 unit: ## Native unit and property tests of the core, the control service's model and store, the test bed, the native module

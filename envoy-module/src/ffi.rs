@@ -30,7 +30,9 @@ use crate::filter::{self, RequestHost};
 use crate::Module;
 
 /// The ABI version the module was written against: Envoy 1.40.0's. Envoy
-/// refuses a module whose version it does not know (docs/native-module.md).
+/// 1.40 logs whether it matches its own and loads the module either way;
+/// only a null version refuses it (docs/native-module.md, "Supported Envoy
+/// versions and the ABI").
 pub const ABI_VERSION: &CStr = c"v0.2.0";
 
 // ---------------------------------------------------------------- ABI types
@@ -527,7 +529,8 @@ impl<'a> StreamState<'a> {
 
 // ---------------------------------------------------------------- hooks
 
-/// Envoy checks the returned ABI version when it loads the module.
+/// Envoy compares the returned ABI version with its own when it loads the
+/// module and logs the result (a mismatch is a warning, not a refusal).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     #[cfg(not(test))]
@@ -1091,6 +1094,7 @@ pub mod fake {
     ) -> bool {
         // SAFETY: a live fake Stream; `result` is writable.
         let stream = unsafe { &*filter.cast::<Stream>() };
+        // SAFETY: `result` is writable (the module passes its own slot).
         unsafe {
             *result = EnvoyBuffer {
                 ptr: stream.source.as_ptr(),
@@ -1106,6 +1110,7 @@ pub mod fake {
     ) -> bool {
         // SAFETY: a live fake Stream; `result` is writable.
         let stream = unsafe { &*filter.cast::<Stream>() };
+        // SAFETY: `result` is writable (the module passes its own slot).
         unsafe {
             *result = EnvoyBuffer {
                 ptr: stream.cluster.as_ptr(),
@@ -1194,6 +1199,7 @@ mod tests {
                 ptr: json.as_ptr(),
                 length: json.len(),
             };
+            // SAFETY: `config` is a live fake Config, boxed for the Envoy's lifetime; `buffer` borrows `json` for the call.
             let module = unsafe {
                 envoy_dynamic_module_on_http_filter_config_new(
                     (&mut *config as *mut fake::Config).cast(),
@@ -1225,6 +1231,7 @@ mod tests {
         /// the module made in the request-headers hook.
         fn request(&mut self, stream: &mut fake::Stream) -> usize {
             let fe: *mut c_void = (stream as *mut fake::Stream).cast();
+            // SAFETY: `fe` is a live fake Stream for the whole block; `fm` is the module's filter for it, destroyed last.
             unsafe {
                 let fm = envoy_dynamic_module_on_http_filter_new(self.module, fe);
                 assert!(!fm.is_null());
@@ -1241,6 +1248,7 @@ mod tests {
 
     impl Drop for Envoy {
         fn drop(&mut self) {
+            // SAFETY: `module` came from config_new and is destroyed once, here.
             unsafe { envoy_dynamic_module_on_http_filter_config_destroy(self.module) };
         }
     }
@@ -1256,6 +1264,7 @@ mod tests {
     #[test]
     fn the_abi_version_is_envoy_1_40s() {
         let version = envoy_dynamic_module_on_program_init();
+        // SAFETY: the module returns a static, NUL-terminated version string.
         assert_eq!(unsafe { CStr::from_ptr(version) }, c"v0.2.0");
     }
 
@@ -1422,6 +1431,7 @@ mod tests {
         );
         // The scheduled hook publishes the watch's state (nothing yet).
         let config: *mut fake::Config = &mut *first.config;
+        // SAFETY: `config` is the live fake Config of `first`; `first.module` is its configuration.
         unsafe {
             envoy_dynamic_module_on_http_filter_config_scheduled(config.cast(), first.module, 0)
         };
@@ -1439,12 +1449,16 @@ mod tests {
         let mut envoy = Envoy::new(&module_config(false, ""));
         let mut stream = envoy.stream(&[(":authority", "backend")]);
         let fe: *mut c_void = (&mut stream as *mut fake::Stream).cast();
+        // SAFETY: `fe` is a live fake Stream; `envoy.module` a live configuration.
         let fm = unsafe { envoy_dynamic_module_on_http_filter_new(envoy.module, fe) };
         assert_eq!(fm, envoy.module);
+        // SAFETY: `fm` came from filter_new just above.
         unsafe { envoy_dynamic_module_on_http_filter_destroy(fm) };
         let debug = Envoy::new(&module_config(true, ""));
+        // SAFETY: as above, for the debug configuration.
         let fm = unsafe { envoy_dynamic_module_on_http_filter_new(debug.module, fe) };
         assert_eq!(fm as usize & DEBUG_TAG, DEBUG_TAG);
+        // SAFETY: `fm` came from filter_new just above.
         unsafe { envoy_dynamic_module_on_http_filter_destroy(fm) };
     }
 }
