@@ -249,7 +249,7 @@ async fn run() -> Result<()> {
     for (name, envoy) in [("edge", &demo.edge), ("frontend's sidecar", &demo.sidecar)] {
         let stats = envoy.stats().await?;
         let moved: Vec<String> = stats
-            .0
+            .all()
             .iter()
             .filter(|(n, v)| n.starts_with(prefix) && **v > 0)
             .map(|(n, v)| format!("{}={v}", n.trim_start_matches(prefix)))

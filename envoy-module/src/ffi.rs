@@ -1306,31 +1306,62 @@ mod tests {
         assert_eq!(envoy.config.counter("routed"), 1);
     }
 
+    /// Requests without routing context: a plain one, and a traced one
+    /// with W3C trace context and someone else's baggage.
+    const NO_CONTEXT: [&[(&str, &str)]; 2] = [
+        &[
+            (":authority", "backend"),
+            (":path", "/"),
+            ("user-agent", "curl/8"),
+            ("accept", "*/*"),
+        ],
+        &[
+            (":authority", "backend.default.svc.cluster.local:8080"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("baggage", "userId=alice,isProduction=false"),
+            ("baggage", "serverNode=DF%2028"),
+        ],
+    ];
+
+    /// The shipped sidecar and edge configurations with the pushed table
+    /// (the same `control` section as the watch test: one watch per process).
+    #[test]
+    fn the_shipped_pushed_and_edge_configurations_allocate_nothing_without_context() {
+        let shipped = [
+            include_str!("../../envoy-config/filter-config.json"),
+            include_str!("../../envoy-config/filter-config-edge.json"),
+        ];
+        for json in shipped {
+            let mut config: serde_json::Value =
+                serde_json::from_str(&json.replace("${EDGE_CREDENTIAL_SHA256}", &"ab".repeat(32)))
+                    .unwrap();
+            config["control"] =
+                serde_json::json!({"server": "http://127.0.0.1:1", "node_id": "unit"});
+            // The shipped sidecar turns the debug header on for the demo: its
+            // value is a String per request, by design.
+            config["debug_header"] = false.into();
+            let mut envoy = Envoy::new(&config.to_string());
+            assert!(!envoy.module.is_null(), "{config}");
+            for headers in NO_CONTEXT {
+                let mut stream = envoy.stream(headers);
+                assert_eq!(envoy.request(&mut stream), 0, "{config} {headers:?}");
+                assert!(!stream.route_cleared);
+            }
+            assert_eq!(envoy.config.counter("baseline.no_context"), 2, "{config}");
+        }
+    }
+
     #[test]
     fn a_request_without_routing_context_allocates_nothing() {
         let mut envoy = Envoy::new(&module_config(
             false,
             r#", "keys": ["sandbox-routing-key", "sd-routing-key"]"#,
         ));
-        for headers in [
-            &[
-                (":authority", "backend"),
-                (":path", "/"),
-                ("user-agent", "curl/8"),
-                ("accept", "*/*"),
-            ][..],
-            // A traced request: W3C trace context and someone else's baggage.
-            &[
-                (":authority", "backend.default.svc.cluster.local:8080"),
-                (
-                    "traceparent",
-                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                ),
-                ("tracestate", "congo=t61rcWkgMzE"),
-                ("baggage", "userId=alice,isProduction=false"),
-                ("baggage", "serverNode=DF%2028"),
-            ][..],
-        ] {
+        for headers in NO_CONTEXT {
             let mut stream = envoy.stream(headers);
             assert_eq!(envoy.request(&mut stream), 0, "{headers:?}");
             assert!(!stream.route_cleared);

@@ -12,6 +12,7 @@
 //! - `pushed`: the process's one watch of the control service.
 
 #![deny(unsafe_code)]
+#![deny(clippy::indexing_slicing)]
 
 mod config;
 mod ffi;

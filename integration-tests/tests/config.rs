@@ -177,6 +177,18 @@ fn shipped_bench_configs_validate() {
         ],
     )
     .unwrap();
+    // The native layout, with sandbox-router's module (the no-op module of
+    // the same layout is built only by the bench targets).
+    let sandbox_router_native = render(
+        &shipped_config("bench/native-module-filter.yaml").unwrap(),
+        &[
+            ("FILTER_NAME", "sandbox_router"),
+            ("MODULE_PATH", &testbed::native_module().display().to_string()),
+            ("METRICS_NAMESPACE", "sandbox_router"),
+            ("MODULE_CONFIG", r#"{"table": {"entries": [{"routing_key": "k1", "forks": [{"service": "backend", "endpoints": ["127.0.0.1:9"]}]}]}}"#),
+        ],
+    )
+    .unwrap();
     let variants = [
         ("plain", String::new(), String::new()),
         ("native", String::new(), format!("{native}{native}")),
@@ -185,6 +197,11 @@ fn shipped_bench_configs_validate() {
         (
             "sandbox-router static",
             sandbox_router,
+            shipped_config("bench/marker-route.yaml").unwrap(),
+        ),
+        (
+            "sandbox-router native static",
+            sandbox_router_native,
             shipped_config("bench/marker-route.yaml").unwrap(),
         ),
     ];

@@ -137,6 +137,22 @@ fn every_callback_the_module_calls_is_in_this_envoy_and_every_required_hook_in_t
     for callback in &needed {
         assert!(envoy.contains(callback), "Envoy 1.40.0 has no {callback}");
     }
+    // Envoy opens modules with RTLD_LAZY: only a module bound at load
+    // (`-z now`) is refused there; a lazily bound one would abort Envoy at
+    // the first call of a missing callback (docs/native-module.md).
+    let dynamic = Command::new("readelf")
+        .arg("-d")
+        .arg(&module)
+        .output()
+        .expect("readelf (binutils)");
+    let dynamic = String::from_utf8_lossy(&dynamic.stdout);
+    assert!(
+        dynamic
+            .lines()
+            .any(|l| l.contains("(FLAGS)") && l.contains("BIND_NOW")),
+        "{} is not linked with -z now:\n{dynamic}",
+        module.display()
+    );
     let exported = dynamic_symbols(&module, "--defined-only");
     let required = [
         "on_program_init",

@@ -174,13 +174,15 @@ impl EdgePolicy {
 /// The edits that remove every piece of routing context under our names
 /// from a request; empty when it carries none.
 pub fn context_removal(config: &ContextConfig, headers: &RequestHeaders<'_>) -> Vec<HeaderEdit> {
-    let names: Vec<&str> = config
-        .keys
-        .iter()
-        .map(String::as_str)
-        .chain(config.overrides_key.as_deref())
-        .collect();
-    let ours = |element: &[u8]| named(element, &names);
+    // Our names, not collected: a request without context allocates nothing.
+    let names = || {
+        config
+            .keys
+            .iter()
+            .map(String::as_str)
+            .chain(config.overrides_key.as_deref())
+    };
+    let ours = |element: &[u8]| named(element, names());
     let mut edits = Vec::new();
     for (name, lines) in [
         ("baggage", headers.baggage_lines()),
@@ -215,10 +217,11 @@ fn without_members(
     lines: &[&[u8]],
     drop: impl Fn(&[u8]) -> bool,
 ) -> Option<HeaderEdit> {
-    let (kept, dropped) = kept_members(lines, drop);
-    if !dropped {
+    // Looked for first, so a request without context allocates nothing.
+    if !members(lines).any(&drop) {
         return None;
     }
+    let (kept, _) = kept_members(lines, drop);
     if kept.is_empty() {
         return Some(HeaderEdit::Remove(name.to_owned()));
     }
@@ -233,11 +236,7 @@ pub(crate) fn kept_members<'a>(
 ) -> (Vec<&'a [u8]>, bool) {
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut dropped = false;
-    for element in lines.iter().flat_map(|line| line.split(|b| *b == b',')) {
-        let element = trim_ows(element);
-        if element.is_empty() {
-            continue;
-        }
+    for element in members(lines) {
         if drop(element) {
             dropped = true;
         } else {
@@ -247,16 +246,25 @@ pub(crate) fn kept_members<'a>(
     (kept, dropped)
 }
 
+/// The non-empty elements of a list header's lines, trimmed.
+fn members<'a, 'l>(lines: &'l [&'a [u8]]) -> impl Iterator<Item = &'a [u8]> + 'l {
+    lines
+        .iter()
+        .flat_map(|line| line.split(|b| *b == b','))
+        .map(trim_ows)
+        .filter(|element| !element.is_empty())
+}
+
 /// Whether a list element (`name=value;props`) is named one of `names`
 /// (case-insensitive).
-pub(crate) fn named(element: &[u8], names: &[&str]) -> bool {
+pub(crate) fn named<'n>(element: &[u8], names: impl IntoIterator<Item = &'n str>) -> bool {
     let key = element
         .split(|b| *b == b'=' || *b == b';')
         .next()
         .map(trim_ows)
         .unwrap_or_default();
     names
-        .iter()
+        .into_iter()
         .any(|name| key.eq_ignore_ascii_case(name.as_bytes()))
 }
 

@@ -312,7 +312,9 @@ impl Settings {
             .chain(self.context.overrides_key.as_ref())
             .map(String::as_str)
             .collect();
-        let (kept, _) = edge::kept_members(headers.baggage_lines(), |m| edge::named(m, &names));
+        let (kept, _) = edge::kept_members(headers.baggage_lines(), |m| {
+            edge::named(m, names.iter().copied())
+        });
         let canonical = names.first().copied().unwrap_or(crate::DEFAULT_KEY);
         // Routing keys need no percent-encoding (`A-Z a-z 0-9 - _`).
         let mut value = format!("{canonical}={key}").into_bytes();

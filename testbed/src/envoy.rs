@@ -19,6 +19,8 @@ pub struct Envoy {
     admin: SocketAddr,
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// Which host of sandbox-router the config loads, if exactly one.
+    host: Option<Host>,
 }
 
 impl Envoy {
@@ -76,6 +78,7 @@ impl Envoy {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
             http,
+            host: Host::loaded_by(config),
         };
         let admin = poll_until("Envoy's admin address", Duration::from_secs(30), || {
             let exited = envoy.child.try_wait().ok().flatten();
@@ -197,7 +200,10 @@ impl Envoy {
                 Some((name.to_owned(), value.trim().parse().ok()?))
             })
             .collect();
-        Ok(Stats(values))
+        Ok(Stats {
+            values,
+            host: self.host,
+        })
     }
 
     /// CPU time Envoy's threads have run, from `/proc/PID/task/*/schedstat`
@@ -264,32 +270,50 @@ impl Drop for Envoy {
 
 /// A snapshot of Envoy's stats.
 #[derive(Debug, Clone, Default)]
-pub struct Stats(pub BTreeMap<String, u64>);
+pub struct Stats {
+    values: BTreeMap<String, u64>,
+    /// The host the Envoy runs: its filter's stats are read under that
+    /// host's prefix only, so a host counting under the other's fails.
+    host: Option<Host>,
+}
 
 impl Stats {
     pub fn get(&self, name: &str) -> u64 {
-        self.0.get(name).copied().unwrap_or(0)
+        self.values.get(name).copied().unwrap_or(0)
     }
 
-    /// The filter's stat `<name>` under either host's prefix
-    /// (`wasmcustom.sandbox_router.<name>` for the Wasm filter,
-    /// `sandbox_router.<name>` for the native module; an Envoy runs one).
+    /// Every stat, by full name.
+    pub fn all(&self) -> &BTreeMap<String, u64> {
+        &self.values
+    }
+
+    /// The prefixes the filter's stats are read under: the host's
+    /// (`wasmcustom.sandbox_router.` for the Wasm filter, `sandbox_router.`
+    /// for the native module), or both for an Envoy that loads neither or both.
+    fn prefixes(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let hosts = match &self.host {
+            Some(host) => std::slice::from_ref(host),
+            None => &Host::ALL[..],
+        };
+        hosts.iter().map(|host| host.stat_prefix())
+    }
+
+    /// The filter's stat `<name>` under the host's prefix.
     pub fn filter(&self, name: &str) -> u64 {
-        Host::ALL
-            .iter()
-            .map(|host| self.get(&format!("{}{name}", host.stat_prefix())))
+        self.prefixes()
+            .map(|prefix| self.get(&format!("{prefix}{name}")))
             .sum()
     }
 
     /// The filter's per-request counters that changed since `before`, as
     /// `name -> delta` (the watch's `sync.*` stats are left out).
     pub fn filter_delta(&self, before: &Stats) -> BTreeMap<String, u64> {
-        self.0
+        self.values
             .iter()
             .filter_map(|(name, value)| {
-                let short = Host::ALL
-                    .iter()
-                    .find_map(|host| name.strip_prefix(host.stat_prefix()))?;
+                let short = self
+                    .prefixes()
+                    .find_map(|prefix| name.strip_prefix(prefix))?;
                 if short.starts_with("sync.") {
                     return None;
                 }

@@ -47,6 +47,18 @@ impl Host {
         }
     }
 
+    /// The host an Envoy configuration loads: the Wasm filter or the
+    /// native module (None for neither or both).
+    pub fn loaded_by(config: &str) -> Option<Host> {
+        let wasm = config.contains("envoy.extensions.filters.http.wasm.v3.Wasm");
+        let native = config.contains("dynamic_modules.v3.DynamicModuleFilter");
+        match (wasm, native) {
+            (true, false) => Some(Host::Wasm),
+            (false, true) => Some(Host::Native),
+            _ => None,
+        }
+    }
+
     /// The prefix of the filter's stats: `wasmcustom.sandbox_router.` (the
     /// Wasm runtime's custom metrics) or `sandbox_router.` (the module's
     /// `metrics_namespace` in the shipped native config).

@@ -1,13 +1,16 @@
 //! The watch thread: connect, say hello, apply and acknowledge updates,
 //! reconnect with backoff. Mirrors the Wasm singleton (`filter/src/sync.rs`).
 
+use std::any::Any;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use sandbox_router_proto::v1::WatchRequest;
 use sandbox_router_routing::sync::{ApplyError, Backoff};
 use sandbox_router_routing::RoutingTable;
@@ -23,7 +26,8 @@ use crate::codec::{watch_path, Received, WatchCodec};
 use crate::{Current, Shared, Table, WatchConfig};
 
 /// Largest update accepted. A snapshot of 100,000 routing keys, one fork
-/// each, is about 8 MB; tonic's default limit (4 MiB) would refuse it.
+/// each, is about 7 MB (watch/README.md); tonic's default limit (4 MiB)
+/// would refuse it.
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// TCP connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,10 +123,15 @@ pub(crate) async fn run(settings: Settings, shared: Arc<Shared>, mut stop: watch
         }
     });
     loop {
+        // A panic in a stream's handling (a bug: ours, or in tonic, h2 or
+        // prost) must not end the watch for the life of the process: the
+        // stream is dropped as if it failed, the table held stays, and the
+        // watch reconnects after the backoff.
+        let session = AssertUnwindSafe(session(&settings, &shared, &mut backoff)).catch_unwind();
         let ended = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => return,
-            ended = session(&settings, &shared, &mut backoff) => ended,
+            ended = session => ended.unwrap_or_else(|panic| panicked(&shared, &*panic)),
         };
         let delay = match ended {
             Ended::Resync => Duration::ZERO,
@@ -266,6 +275,26 @@ async fn session(settings: &Settings, shared: &Shared, backoff: &mut Backoff) ->
     ended
 }
 
+/// After a panic in [`session`]: counted and reported as a lost stream.
+fn panicked(shared: &Shared, panic: &(dyn Any + Send)) -> Ended {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    if shared.connected.swap(false, Ordering::SeqCst) {
+        shared.disconnects.fetch_add(1, Ordering::SeqCst);
+    }
+    let error = format!(
+        "internal error: the watch stream's handling panicked ({message}); reconnecting, keeping table version {}",
+        shared.current.load().lookup.version()
+    );
+    log::error!("sandbox-router watch: {error}");
+    shared.set_error(error);
+    shared.notify();
+    Ended::Failed
+}
+
 fn failed(shared: &Shared, error: String) -> Ended {
     log::warn!("sandbox-router watch: {error}");
     shared.set_error(error);
@@ -289,6 +318,8 @@ struct Outcome {
 /// A refused update changes nothing and is answered with its error; a delta
 /// out of step stops the batch for a resync (as the singleton, no reply).
 fn apply_batch(shared: &Shared, batch: Vec<Received>) -> Outcome {
+    #[cfg(test)]
+    tests::panic_if_asked();
     let held = Arc::clone(&shared.current.load().lookup);
     let mut pending: Option<Pending> = None;
     let mut outcome = Outcome {
@@ -460,4 +491,91 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed expectation should panic.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use reqwest::Method;
+    use serde_json::json;
+    use testbed::{poll_until, ControlService};
+
+    use crate::{Watch, WatchConfig};
+
+    /// Set by a test: the next batch's handling panics (a stand-in for a bug).
+    static PANIC_ON_NEXT_BATCH: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn panic_if_asked() {
+        if PANIC_ON_NEXT_BATCH.swap(false, Ordering::SeqCst) {
+            panic!("a test's stand-in for a bug while applying a batch");
+        }
+    }
+
+    /// A panic while the stream is open (after it connected, in the update's
+    /// handling) ends that stream only: it is counted as a disconnect,
+    /// reported, and the watch reconnects and applies the table.
+    #[tokio::test]
+    async fn a_panic_in_a_stream_is_a_lost_stream_and_the_watch_reconnects() {
+        let binary = testbed::sibling_binary("sandbox-router")
+            .expect("the control service binary: cargo build -p sandbox-router-control --bins");
+        let control = ControlService::start(&binary, None).await.unwrap();
+        let (status, body) = control
+            .api(
+                Method::POST,
+                "/v1/sandboxes",
+                Some(json!({ "name": "feature-x", "forks": { "backend": ["10.0.0.7:8080"] } })),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        let version = body["version"].as_u64().unwrap();
+
+        PANIC_ON_NEXT_BATCH.store(true, Ordering::SeqCst);
+        let mut config = WatchConfig::new(control.url(), "panics-once");
+        config.initial_backoff = Duration::from_millis(20);
+        config.max_backoff = Duration::from_millis(200);
+        let watch = Watch::start_lookup_only(config).unwrap();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        watch.set_notify(Box::new({
+            let errors = Arc::clone(&errors);
+            let reader = watch.reader();
+            move || {
+                if let Some(error) = reader.status().last_error {
+                    errors.lock().unwrap().push(error);
+                }
+            }
+        }));
+
+        poll_until(
+            "the watch applied the table",
+            Duration::from_secs(15),
+            || {
+                let status = watch.status();
+                async move { (status.version == version && status.connected).then_some(()) }
+            },
+        )
+        .await
+        .unwrap();
+        let status = watch.status();
+        assert!(
+            !PANIC_ON_NEXT_BATCH.load(Ordering::SeqCst),
+            "the panic happened"
+        );
+        assert_eq!((status.connects, status.disconnects), (2, 1), "{status:?}");
+        let errors = errors.lock().unwrap();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("the watch stream's handling panicked")
+                    && e.contains("keeping table version 0")),
+            "{errors:?}"
+        );
+        watch.stop();
+    }
 }

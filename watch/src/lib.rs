@@ -21,6 +21,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![deny(clippy::indexing_slicing)]
 
 mod client;
 mod codec;
