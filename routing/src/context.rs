@@ -428,6 +428,10 @@ impl ContextConfig {
         &self,
         headers: &[(Slot, &'h [u8])],
     ) -> Result<Option<RawContext<'h>>, &'static str> {
+        if headers.is_empty() {
+            // The usual request: no Candidates to set up and search.
+            return Ok(None);
+        }
         let mut found = Candidates::new(Encoding::Percent);
         for (slot, value) in headers {
             found.offer(*slot, Cow::Borrowed(*value))?;

@@ -22,6 +22,7 @@
 //! counter bit set, no debug text unless `debug_header` is on).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 
 use crate::context::{
     cookie_value, without_cookies, without_query_param, Extracted, RequestHeaders, RoutingContext,
@@ -287,7 +288,7 @@ impl Settings {
             Decision::Route(endpoint) => {
                 edits.push(HeaderEdit::Replace(
                     ORIGINAL_DST_HEADER.to_owned(),
-                    endpoint.to_string().into_bytes(),
+                    original_dst_value(endpoint),
                 ));
                 edits.push(HeaderEdit::Replace(
                     self.marker_header.clone(),
@@ -362,6 +363,40 @@ pub fn describe(outcome: &Outcome) -> String {
         text.push_str(&format!("; endpoint={endpoint}"));
     }
     text
+}
+
+/// `x-envoy-original-dst-host`'s value, `IP:PORT`, as `SocketAddr`'s
+/// `Display` writes it. IPv4 is written digit by digit: through `Display`
+/// it cost about 1,600 instructions a routed request, a quarter of the
+/// plan's own cost (callgrind).
+fn original_dst_value(endpoint: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = endpoint else {
+        return endpoint.to_string().into_bytes();
+    };
+    let mut value = Vec::with_capacity("255.255.255.255:65535".len());
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            value.push(b'.');
+        }
+        push_decimal(&mut value, u16::from(octet));
+    }
+    value.push(b':');
+    push_decimal(&mut value, v4.port());
+    value
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u16) {
+    let start = out.len();
+    loop {
+        out.push(b'0' + (n % 10) as u8);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if let Some(digits) = out.get_mut(start..) {
+        digits.reverse();
+    }
 }
 
 #[cfg(test)]
@@ -875,6 +910,38 @@ mod tests {
                 Counter::Baseline(reason).name(),
                 format!("baseline.{}", reason.as_str())
             );
+        }
+    }
+
+    #[test]
+    fn the_original_dst_value_at_the_edges_of_each_field() {
+        for text in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.0.7:8080",
+            "[::1]:9",
+        ] {
+            let endpoint: SocketAddr = text.parse().unwrap();
+            assert_eq!(original_dst_value(endpoint), text.as_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_original_dst_value_is_the_address_as_display_writes_it(
+            ip in proptest::prelude::any::<[u8; 4]>(),
+            v6 in proptest::prelude::any::<[u16; 8]>(),
+            port in proptest::prelude::any::<u16>(),
+        ) {
+            for endpoint in [
+                SocketAddr::from((ip, port)),
+                SocketAddr::from((std::net::Ipv6Addr::from(v6), port)),
+            ] {
+                proptest::prop_assert_eq!(
+                    String::from_utf8(original_dst_value(endpoint)).unwrap(),
+                    endpoint.to_string()
+                );
+            }
         }
     }
 }
