@@ -6,8 +6,8 @@
 //! Why the whole list and not the few names the plan can need
 //! (`Settings::header_names`): Envoy answers a by-name `get_header` with a
 //! lower-cased copy of the name and a linear search of its map, about 1,050
-//! instructions a name (11,564 for the 11 names); one `get_headers` call
-//! hands over pointers to every header for 1,002 in all (`make
+//! instructions a name (11,511 for the 11 names); one `get_headers` call
+//! hands over pointers to every header for 884 in all (`make
 //! bench-instructions`, variants `module-get-headers` and
 //! `module-get-all-headers`, a request of about ten headers). Neither copies
 //! a value.
