@@ -290,6 +290,15 @@ impl ContextConfig {
         seen
     }
 
+    /// Our names as members of a list header (baggage, tracestate): the
+    /// routing key names, canonical first, then the Overrides item's.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.keys
+            .iter()
+            .chain(self.overrides_key.as_ref())
+            .map(String::as_str)
+    }
+
     /// Every header name `scan` can use, for a host that reads headers one
     /// name at a time (scanning only these gives the same result as
     /// scanning the whole map).
@@ -303,7 +312,6 @@ impl ContextConfig {
             ORIGINAL_DST_HEADER,
             marker,
         ];
-        let ours = self.keys.iter().chain(self.overrides_key.as_ref());
         let path = self.sources.contains(&Source::Query).then_some(":path");
         let cookie = self.reads_cookies.then_some("cookie");
         fixed
@@ -312,7 +320,10 @@ impl ContextConfig {
             .chain(path)
             .chain(cookie)
             .map(str::to_owned)
-            .chain(ours.flat_map(|name| [format!("ot-baggage-{name}"), format!("uberctx-{name}")]))
+            .chain(
+                self.names()
+                    .flat_map(|name| [format!("ot-baggage-{name}"), format!("uberctx-{name}")]),
+            )
             .collect()
     }
 

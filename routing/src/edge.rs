@@ -174,15 +174,7 @@ impl EdgePolicy {
 /// The edits that remove every piece of routing context under our names
 /// from a request; empty when it carries none.
 pub fn context_removal(config: &ContextConfig, headers: &RequestHeaders<'_>) -> Vec<HeaderEdit> {
-    // Our names, not collected: a request without context allocates nothing.
-    let names = || {
-        config
-            .keys
-            .iter()
-            .map(String::as_str)
-            .chain(config.overrides_key.as_deref())
-    };
-    let ours = |element: &[u8]| named(element, names());
+    let ours = |element: &[u8]| named(element, config.names());
     let mut edits = Vec::new();
     for (name, lines) in [
         ("baggage", headers.baggage_lines()),
@@ -221,29 +213,16 @@ fn without_members(
     if !members(lines).any(&drop) {
         return None;
     }
-    let (kept, _) = kept_members(lines, drop);
+    let kept = kept_members(lines, drop);
     if kept.is_empty() {
         return Some(HeaderEdit::Remove(name.to_owned()));
     }
     Some(HeaderEdit::Replace(name.to_owned(), kept.join(&b","[..])))
 }
 
-/// The elements of a list header's lines that `drop` does not pick, and
-/// whether it picked any.
-pub(crate) fn kept_members<'a>(
-    lines: &[&'a [u8]],
-    drop: impl Fn(&[u8]) -> bool,
-) -> (Vec<&'a [u8]>, bool) {
-    let mut kept: Vec<&[u8]> = Vec::new();
-    let mut dropped = false;
-    for element in members(lines) {
-        if drop(element) {
-            dropped = true;
-        } else {
-            kept.push(element);
-        }
-    }
-    (kept, dropped)
+/// The elements of a list header's lines that `drop` does not pick.
+pub(crate) fn kept_members<'a>(lines: &[&'a [u8]], drop: impl Fn(&[u8]) -> bool) -> Vec<&'a [u8]> {
+    members(lines).filter(|element| !drop(element)).collect()
 }
 
 /// The non-empty elements of a list header's lines, trimmed.

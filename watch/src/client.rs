@@ -259,8 +259,7 @@ async fn session(settings: &Settings, shared: &Shared, backoff: &mut Backoff) ->
             Some(Ok(Some(_))) => {}
         }
     };
-    shared.connected.store(false, Ordering::SeqCst);
-    shared.disconnects.fetch_add(1, Ordering::SeqCst);
+    disconnected(shared);
     log::warn!(
         "sandbox-router watch: stream to {} ended ({}); keeping table version {}",
         settings.server,
@@ -282,9 +281,7 @@ fn panicked(shared: &Shared, panic: &(dyn Any + Send)) -> Ended {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("no message");
-    if shared.connected.swap(false, Ordering::SeqCst) {
-        shared.disconnects.fetch_add(1, Ordering::SeqCst);
-    }
+    disconnected(shared);
     let error = format!(
         "internal error: the watch stream's handling panicked ({message}); reconnecting, keeping table version {}",
         shared.current.load().lookup.version()
@@ -293,6 +290,13 @@ fn panicked(shared: &Shared, panic: &(dyn Any + Send)) -> Ended {
     shared.set_error(error);
     shared.notify();
     Ended::Failed
+}
+
+/// An open stream is gone: counted once.
+fn disconnected(shared: &Shared) {
+    if shared.connected.swap(false, Ordering::SeqCst) {
+        shared.disconnects.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn failed(shared: &Shared, error: String) -> Ended {
@@ -517,26 +521,44 @@ mod tests {
         }
     }
 
-    /// A panic while the stream is open (after it connected, in the update's
-    /// handling) ends that stream only: it is counted as a disconnect,
-    /// reported, and the watch reconnects and applies the table.
+    async fn until_applied(watch: &Watch, version: u64) {
+        poll_until(
+            "the watch applied the table",
+            Duration::from_secs(15),
+            || {
+                let status = watch.status();
+                async move { (status.version == version && status.connected).then_some(()) }
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// A panic while the stream is open (in an update's handling) ends that
+    /// stream only: it is counted as a disconnect, reported, the table held
+    /// stays, and the watch reconnects and applies the update.
     #[tokio::test]
     async fn a_panic_in_a_stream_is_a_lost_stream_and_the_watch_reconnects() {
         let binary = testbed::sibling_binary("sandbox-router")
             .expect("the control service binary: cargo build -p sandbox-router-control --bins");
         let control = ControlService::start(&binary, None).await.unwrap();
-        let (status, body) = control
-            .api(
-                Method::POST,
-                "/v1/sandboxes",
-                Some(json!({ "name": "feature-x", "forks": { "backend": ["10.0.0.7:8080"] } })),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, 201, "{body}");
-        let version = body["version"].as_u64().unwrap();
+        let create = |name: &'static str| {
+            let control = &control;
+            async move {
+                let (status, body) = control
+                    .api(
+                        Method::POST,
+                        "/v1/sandboxes",
+                        Some(json!({ "name": name, "forks": { "backend": ["10.0.0.7:8080"] } })),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(status, 201, "{body}");
+                body["version"].as_u64().unwrap()
+            }
+        };
+        let first = create("feature-x").await;
 
-        PANIC_ON_NEXT_BATCH.store(true, Ordering::SeqCst);
         let mut config = WatchConfig::new(control.url(), "panics-once");
         config.initial_backoff = Duration::from_millis(20);
         config.max_backoff = Duration::from_millis(200);
@@ -552,16 +574,12 @@ mod tests {
             }
         }));
 
-        poll_until(
-            "the watch applied the table",
-            Duration::from_secs(15),
-            || {
-                let status = watch.status();
-                async move { (status.version == version && status.connected).then_some(()) }
-            },
-        )
-        .await
-        .unwrap();
+        until_applied(&watch, first).await;
+        // Armed only now, with the callback in place: the next update's
+        // handling panics.
+        PANIC_ON_NEXT_BATCH.store(true, Ordering::SeqCst);
+        let second = create("feature-y").await;
+        until_applied(&watch, second).await;
         let status = watch.status();
         assert!(
             !PANIC_ON_NEXT_BATCH.load(Ordering::SeqCst),
@@ -573,7 +591,7 @@ mod tests {
             errors
                 .iter()
                 .any(|e| e.contains("the watch stream's handling panicked")
-                    && e.contains("keeping table version 0")),
+                    && e.contains(&format!("keeping table version {first}"))),
             "{errors:?}"
         );
         watch.stop();
